@@ -1,0 +1,189 @@
+"""Checkpoints: one self-contained safetensors file per snapshot, written atomically.
+
+Layout of a file:
+  tensors   "model/<module>/<param>"      weights of each named module (generator, ...)
+            "state/..."                    training state for --resume (optimizer moments,
+                                           RNG states), flattened from nested dicts
+  metadata  format, model, dlcli version, config (JSON), epoch, step, metrics (JSON),
+            "state" (JSON skeleton of the training state, tensors replaced by their keys),
+            plus whatever a task adds (a tokenizer, say) -- all values are strings.
+Nothing is pickled, and nothing here calls torch.load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from dlcli import __version__
+from dlcli.errors import DlcliError
+
+FORMAT = "dlcli/1"
+
+
+# ---- nested state <-> flat tensors + JSON skeleton ---------------------------------
+
+def flatten_state(obj, prefix: str, tensors: dict):
+    """Replace every tensor inside dicts/lists by {"__tensor__": key}, storing it in `tensors`."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, flatten_state(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+    return obj
+
+
+def unflatten_state(obj, tensors: dict):
+    if isinstance(obj, dict) and "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if isinstance(obj, dict) and "__dict__" in obj:  # keeps int keys (optimizer state ids)
+        return {k: unflatten_state(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [unflatten_state(v, tensors) for v in obj]
+    return obj
+
+
+# ---- writing ------------------------------------------------------------------------
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), fsync, then rename over `path`: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def module_tensors(modules: dict) -> dict:
+    """Weights of named modules; a tensor shared by two names (tied embeddings) is cloned."""
+    out, seen = {}, set()
+    for name, module in modules.items():
+        for key, t in module.state_dict().items():
+            t = t.detach().cpu()
+            ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+            out[f"model/{name}/{key}"] = t.clone() if ptr in seen else t.contiguous()
+            seen.add(ptr)
+    return out
+
+
+def save_checkpoint(path, *, model: str, config: dict, modules: dict, epoch: int = 0,
+                    step: int = 0, metrics: dict | None = None, state: dict | None = None,
+                    extra: dict[str, str] | None = None) -> Path:
+    tensors = module_tensors(modules)
+    meta = {
+        "format": FORMAT,
+        "model": model,
+        "dlcli_version": __version__,
+        "config": json.dumps(config),
+        "epoch": str(epoch),
+        "step": str(step),
+        "metrics": json.dumps(metrics or {}),
+        "modules": json.dumps(sorted(modules)),
+    }
+    if state is not None:
+        meta["state"] = json.dumps(flatten_state(state, "state", tensors))
+    for key, value in (extra or {}).items():
+        meta[key] = value if isinstance(value, str) else json.dumps(value)
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return Path(path)
+
+
+# ---- reading ------------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    path: Path
+    meta: dict[str, str]
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def model(self) -> str:
+        return self.meta["model"]
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.meta["config"])
+
+    @property
+    def epoch(self) -> int:
+        return int(self.meta.get("epoch", 0))
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+    @property
+    def metrics(self) -> dict:
+        return json.loads(self.meta.get("metrics", "{}"))
+
+    @property
+    def state(self) -> dict | None:
+        raw = self.meta.get("state")
+        return unflatten_state(json.loads(raw), self.tensors) if raw else None
+
+    def module_names(self) -> list[str]:
+        return json.loads(self.meta.get("modules", "[]"))
+
+    def state_dict(self, module: str) -> dict:
+        prefix = f"model/{module}/"
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def load_into(self, modules: dict) -> None:
+        for name, module in modules.items():
+            sd = self.state_dict(name)
+            if not sd and any(True for _ in module.state_dict()):
+                raise DlcliError(f"{self.path}: checkpoint has no weights for {name!r}")
+            try:
+                module.load_state_dict(sd)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0]
+                raise DlcliError(f"{self.path}: weights do not fit the model: {first}") from None
+
+
+def _read(path: Path, with_tensors: bool) -> tuple[dict, dict]:
+    if not path.is_file():
+        raise DlcliError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DlcliError(f"{path} is not a readable safetensors checkpoint ({e})") from None
+    if meta.get("format") != FORMAT or "model" not in meta or "config" not in meta:
+        raise DlcliError(f"{path} is a safetensors file but not a dlcli checkpoint")
+    return meta, tensors
+
+
+def load_checkpoint(path, expect_model: str | None = None) -> Checkpoint:
+    path = Path(path)
+    meta, tensors = _read(path, with_tensors=True)
+    ckpt = Checkpoint(path, meta, tensors)
+    if expect_model and ckpt.model != expect_model:
+        raise DlcliError(
+            f"{path} is a {ckpt.model} checkpoint, not {expect_model}; "
+            f"use `dlcli sample {ckpt.model}` or pass a {expect_model} checkpoint"
+        )
+    return ckpt
+
+
+def read_metadata(path) -> dict[str, str]:
+    """Metadata only, without loading tensors (for run listings)."""
+    return _read(Path(path), with_tensors=False)[0]

@@ -1,0 +1,371 @@
+"""The dlcli command line. Parses, validates, prints; heavy modules load inside commands.
+
+`dlcli --help`, `--version`, `models` and `presets` never import torch: this module
+imports only typer, yaml and dlcli's torch-free modules (registry, config, errors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from dlcli import __version__
+from dlcli.errors import DlcliError, Interrupted
+
+app = typer.Typer(
+    name="dlcli", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Train and sample the classic deep-learning models: perceptron, MLP, CNN, GANs, "
+         "VAEs and the Transformer.",
+)
+presets_app = typer.Typer(help="The bundled YAML presets: list, show, copy.", no_args_is_help=False)
+app.add_typer(presets_app, name="presets")
+
+STATE = {"debug": False}
+
+
+def _version(value: bool):
+    if value:
+        print(f"dlcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+):
+    STATE["debug"] = debug
+
+
+def out(text: str) -> None:
+    """A result on stdout, flushed (pipelines read it as soon as it is there)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# ---- models / presets ---------------------------------------------------------------
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List the models: name, family, default dataset, description."""
+    from dlcli.registry import list_models
+
+    rows = [{"name": s.name, "family": s.family, "default_dataset": s.default_dataset,
+             "datasets": list(s.datasets), "description": s.description,
+             "conditional": s.conditional, "grids": list(s.grids)} for s in list_models()]
+    if as_json:
+        out(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "family", "dataset", "description", box=None)
+    for r in rows:
+        table.add_row(r["name"], r["family"], r["default_dataset"], r["description"])
+    Console(soft_wrap=True).print(table)
+
+
+@presets_app.callback(invoke_without_command=True)
+def presets_default(ctx: typer.Context):
+    if ctx.invoked_subcommand is None:
+        presets_list()
+
+
+@presets_app.command("list")
+def presets_list():
+    """List the bundled presets."""
+    from dlcli.config import list_presets
+
+    for p in list_presets():
+        out(f"{p['name']:<28} {p['model']:<12} {p['description']}")
+
+
+@presets_app.command("show")
+def presets_show(name: str = typer.Argument(..., help="Preset name or YAML file.")):
+    """Print a preset's YAML."""
+    from dlcli.config import preset_path
+
+    sys.stdout.write(preset_path(name).read_text(encoding="utf-8"))
+
+
+@presets_app.command("copy")
+def presets_copy(name: str, dest: Path = typer.Argument(..., help="File or folder to copy to.")):
+    """Copy a bundled preset to DEST, to edit and pass back with --preset FILE."""
+    from dlcli.config import preset_path
+
+    src = preset_path(name)
+    target = dest / src.name if dest.is_dir() else dest
+    if target.exists():
+        raise DlcliError(f"{target} exists; not overwriting it")
+    target.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    out(str(target))
+
+
+# ---- train --------------------------------------------------------------------------
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="Model name (see `dlcli models`)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset to train on."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name or YAML file."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: key=value."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (new or empty)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint to continue from."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with dataset subfolders."),
+):
+    """Train a model. Progress goes to stderr; the checkpoint path is the last stdout line."""
+    from dlcli.config import resolve_config, validate_numbers
+    from dlcli.registry import get_spec
+
+    spec = get_spec(model)
+    flags = dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    config = resolve_config(model, preset, set_, **flags)
+    if config["dataset"] not in spec.datasets and "data" not in config:
+        raise DlcliError(f"{model} cannot train on {config['dataset']!r}; "
+                         f"choose one of: {', '.join(spec.datasets)}")
+    from dlcli import train as training
+    from dlcli.checkpoint import load_checkpoint
+
+    if resume is not None:
+        # Architecture and data come from the checkpoint; only the epoch budget may change.
+        saved = load_checkpoint(resume, expect_model=model).config
+        changed = {k: v for k, v in config.items() if k != "epochs" and saved.get(k) != v
+                   and (k in flags and flags[k] is not None or any(s.startswith(k + "=") for s in set_)
+                        or preset)}
+        if changed:
+            from dlcli.console import warn
+
+            warn("resuming keeps the checkpoint's config; ignored: "
+                 + ", ".join(f"{k}={v}" for k, v in changed.items()))
+        config = {**saved, "epochs": config["epochs"] if epochs is not None else saved["epochs"]}
+        validate_numbers(config)
+    path = training.train(spec, config, device=device, data_dir=data_dir, run_dir=run_dir,
+                          resume_path=resume)
+    out(str(path))
+
+
+# ---- sample -------------------------------------------------------------------------
+
+def _parse_label(label: Optional[str]):
+    if label is None or label == "all":
+        return label
+    try:
+        value = int(label)
+    except ValueError:
+        raise DlcliError(f"--label must be an integer 0-9 or 'all', got {label!r}") from None
+    if not 0 <= value <= 9:
+        raise DlcliError(f"--label must be between 0 and 9, got {value}")
+    return value
+
+
+def _default_output(model: str, suffix: str) -> Path:
+    folder = Path("samples")
+    folder.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1, 1000):
+        path = folder / f"{model}-{stamp}{'' if i == 1 else f'-{i}'}.{suffix}"
+        if not path.exists():
+            return path
+    raise DlcliError("could not find a free file name under samples/")
+
+
+@app.command()
+def sample(
+    model: str = typer.Argument(..., help="Model name."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
+                                              help="Default: newest run under ./runs."),
+    n: Optional[int] = typer.Option(None, "-n", help="How many images (default 64; 100 for --label all)."),
+    label: Optional[str] = typer.Option(None, "--label", "-l", help="Digit 0-9, or 'all' (one row each)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Same seed, same bytes."),
+    grid: Optional[str] = typer.Option(None, "--grid", "-g", help="Picture kind (see `dlcli models`)."),
+    interpolate: bool = typer.Option(False, "--interpolate", help="Rows morphing between samples."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="File, or - for stdout."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="png or npy."),
+    device: str = typer.Option("auto", "--device"),
+):
+    """Generate images from a trained model; prints the file written (or writes bytes to -o -)."""
+    from dlcli.registry import get_spec
+
+    spec = get_spec(model)
+    if not spec.samples:
+        raise DlcliError(f"{model} does not generate images; models that do: "
+                         + ", ".join(s.name for s in _sampling_models()))
+    label = _parse_label(label)
+    if label is not None and not spec.conditional:
+        conditional = ", ".join(s.name for s in _sampling_models() if s.conditional)
+        raise DlcliError(f"{model} is not conditional, so --label does not apply; use {conditional}")
+    if grid is not None and grid not in spec.grids:
+        raise DlcliError(f"{model} has no --grid {grid!r}; choose one of: {', '.join(spec.grids)}")
+    if n is not None and n < 1:
+        raise DlcliError(f"-n must be a positive number of images, got {n}")
+    if fmt is None:
+        fmt = "npy" if output and output.endswith(".npy") else "png"
+    if fmt not in ("png", "npy"):
+        raise DlcliError(f"unknown --format {fmt!r}; choose one of: png, npy")
+
+    import torch
+
+    from dlcli.checkpoint import atomic_write, load_checkpoint
+    from dlcli.images import grid_png
+    from dlcli.runs import resolve_checkpoint
+    from dlcli.train import pick_device
+
+    ckpt = load_checkpoint(resolve_checkpoint(model, checkpoint), expect_model=model)
+    task = spec.load_task().from_checkpoint(spec, ckpt, pick_device(device))
+    torch.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+    count = n if n is not None else (100 if label == "all" else 64)
+    with torch.no_grad():
+        images, nrow = task.sample(count, label=label, grid=grid or spec.grids[0],
+                                   interpolate=interpolate)
+    images = images.detach().float().cpu().clamp(0, 1)
+    if fmt == "npy":
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, images.numpy().astype("float32"))
+        data = buf.getvalue()
+    else:
+        data = grid_png(images, nrow)
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    path = Path(output) if output else _default_output(model, fmt)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    out(str(path))
+
+
+def _sampling_models():
+    from dlcli.registry import list_models
+
+    return [s for s in list_models() if s.samples]
+
+
+# ---- translate ----------------------------------------------------------------------
+
+@app.command()
+def translate(
+    text: List[str] = typer.Argument(None, help="Sentences to translate; none: read stdin."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c"),
+    beam: int = typer.Option(4, "--beam", "-k", help="Beam width; 1 = greedy."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", help="Longest output in tokens."),
+    n_best: int = typer.Option(1, "--n-best", help="Print N hypotheses per input (TSV)."),
+    attention: Optional[Path] = typer.Option(None, "--attention", help="Cross-attention heatmap PNG."),
+    device: str = typer.Option("auto", "--device"),
+):
+    """Translate sentences with a trained Transformer: one output line per input line."""
+    from dlcli.registry import get_spec
+
+    spec = get_spec("transformer")
+    if beam < 1 or n_best < 1 or (max_len is not None and max_len < 1):
+        raise DlcliError("--beam, --n-best and --max-len must be positive")
+    if n_best > beam:
+        raise DlcliError(f"--n-best {n_best} needs --beam of at least {n_best}")
+    try:
+        from dlcli.translate import run_translate
+    except ImportError:
+        raise DlcliError("translate is not available yet: the transformer is not built in "
+                         "this version") from None
+    run_translate(spec, text or None, checkpoint=checkpoint, beam=beam, max_len=max_len,
+                  n_best=n_best, attention=attention, device=device, out=out)
+
+
+# ---- inspect / evaluate -------------------------------------------------------------
+
+@app.command()
+def inspect(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Show a checkpoint: metadata, config, parameter counts, tensors, file size."""
+    from dlcli.inspect import describe, render
+
+    info = describe(checkpoint)
+    if as_json:
+        out(json.dumps(info, indent=2))
+    else:
+        render(info)
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
+    as_json: bool = typer.Option(False, "--json"),
+    classifier: Optional[Path] = typer.Option(None, "--classifier",
+                                              help="cnn checkpoint that judges generated images."),
+    samples: int = typer.Option(10000, "--samples", help="Generated images to score (GANs, cvae)."),
+    iwae_k: int = typer.Option(100, "--iwae-k", help="Importance samples for the IWAE bound (VAEs)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    device: str = typer.Option("auto", "--device"),
+):
+    """Test-set metrics for the checkpoint's model family."""
+    if samples < 1 or iwae_k < 1:
+        raise DlcliError("--samples and --iwae-k must be positive")
+    from dlcli.checkpoint import load_checkpoint
+    from dlcli.registry import get_spec
+    from dlcli.train import pick_device
+
+    ckpt = load_checkpoint(checkpoint)
+    spec = get_spec(ckpt.model)
+    dev = pick_device(device)
+    task = spec.load_task().from_checkpoint(spec, ckpt, dev, data_dir)
+    metrics = task.evaluate(classifier=classifier, samples=samples, iwae_k=iwae_k)
+    if as_json:
+        out(json.dumps(metrics))
+        return
+    for k, v in metrics.items():
+        out(f"{k:<16} {v:.4f}" if isinstance(v, float) else f"{k:<16} {v}")
+
+
+# ---- entry point --------------------------------------------------------------------
+
+def main(argv=None) -> None:
+    import click
+
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="dlcli", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as e:
+        if STATE["debug"]:
+            raise
+        hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
+        print(f"error: {e.format_message()}{hint}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except DlcliError as e:
+        if STATE["debug"]:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Interrupted as e:
+        print(f"interrupted: saved {e.path}; continue with `--resume {e.path}`", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # the last line of defence: one line, exit 1
+        if STATE["debug"]:
+            raise
+        print(f"error: unexpected failure: {type(e).__name__}: {e} (rerun with --debug for "
+              "the traceback)", file=sys.stderr)
+        sys.exit(1)

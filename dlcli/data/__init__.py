@@ -1,0 +1,1 @@
+"""Datasets: MNIST-format images, toy truth tables, parallel text."""

@@ -1,0 +1,97 @@
+"""`dlcli inspect`: read a checkpoint's header without torch (safetensors is a JSON header
+followed by raw bytes), so inspecting is instant and loads no weights."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from dlcli.errors import DlcliError
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+               "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def read_header(path: Path) -> dict:
+    if not path.is_file():
+        raise DlcliError(f"checkpoint not found: {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise DlcliError(f"{path} is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100_000_000):
+            raise DlcliError(f"{path} is not a safetensors file (bad header length)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise DlcliError(f"{path} is not a safetensors file (unreadable header)") from None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    if ends and 8 + n + max(ends) > size:
+        raise DlcliError(f"{path} is truncated: {size} bytes, the header promises "
+                         f"{8 + n + max(ends)}")
+    return header
+
+
+def describe(path) -> dict:
+    path = Path(path)
+    header = read_header(path)
+    meta = header.pop("__metadata__", {}) or {}
+    if "model" not in meta or "config" not in meta:
+        raise DlcliError(f"{path} is a safetensors file but not a dlcli checkpoint")
+    tensors, modules, state_numel = [], {}, 0
+    for name, t in sorted(header.items()):
+        numel = 1
+        for d in t["shape"]:
+            numel *= d
+        tensors.append({"name": name, "dtype": t["dtype"], "shape": t["shape"], "numel": numel})
+        parts = name.split("/")
+        if parts[0] == "model":
+            module = f"{parts[1]}.{parts[2].split('.')[0]}" if len(parts) > 2 else parts[1]
+            modules[module] = modules.get(module, 0) + numel
+        else:
+            state_numel += numel
+    plain = {k: v for k, v in meta.items() if k not in ("config", "metrics", "state", "modules")}
+    return {
+        "path": str(path),
+        "file_size": path.stat().st_size,
+        "model": meta["model"],
+        "format": meta.get("format"),
+        "dlcli_version": meta.get("dlcli_version"),
+        "epoch": int(meta.get("epoch", 0)),
+        "step": int(meta.get("step", 0)),
+        "metrics": json.loads(meta.get("metrics", "{}")),
+        "config": json.loads(meta["config"]),
+        "parameters": sum(modules.values()),
+        "parameters_by_module": modules,
+        "has_training_state": "state" in meta,
+        "training_state_numel": state_numel,
+        "metadata": {k: (v if len(v) < 200 else f"<{len(v)} characters>") for k, v in plain.items()},
+        "tensors": tensors,
+    }
+
+
+def render(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console(soft_wrap=True)
+    c.print(f"[bold]{info['path']}[/bold]  {info['model']}  epoch {info['epoch']}  "
+            f"step {info['step']}  {info['file_size'] / 1e6:.2f} MB  dlcli {info['dlcli_version']}")
+    if info["metrics"]:
+        c.print("metrics: " + "  ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info["metrics"].items()))
+    c.print("config:  " + "  ".join(f"{k}={v}" for k, v in info["config"].items()))
+    c.print(f"parameters: {info['parameters']:,}"
+            + ("  (+ training state for --resume)" if info["has_training_state"] else ""))
+    mods = Table("module", "parameters", box=None)
+    for k, v in info["parameters_by_module"].items():
+        mods.add_row(k, f"{v:,}")
+    c.print(mods)
+    table = Table("tensor", "dtype", "shape", box=None)
+    for t in info["tensors"]:
+        if t["name"].startswith("model/"):
+            table.add_row(t["name"][6:], t["dtype"], "x".join(map(str, t["shape"])) or "scalar")
+    c.print(table)

@@ -1,0 +1,1 @@
+"""Model definitions, one family per file, each readable top to bottom."""

@@ -1,0 +1,102 @@
+"""The Task interface: what a model family tells the one training loop.
+
+A Task owns its modules (`self.modules`, saved as "model/<name>/..."), its optimizers and
+schedulers, and its data. The loop in dlcli/train.py calls, per epoch:
+
+    batches = task.train_batches(epoch)      # a Sequence; deterministic for (seed, epoch)
+    for batch in batches: logs = task.train_step(batch)   # logs: floats, "loss" first
+    metrics = task.validate()                # floats; task.monitor picks best.safetensors
+    task.end_of_epoch(epoch, run_dir)        # pictures into run_dir/samples
+
+and saves checkpoints holding task.modules, task.training_state() and
+task.checkpoint_extra(). `sample`, `evaluate` and `translate` rebuild a Task with
+`Task.from_checkpoint(ckpt, device)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dlcli.errors import DlcliError
+
+
+class Task:
+    monitor: str | None = "val_loss"  # lower is better; None: best.safetensors = last epoch
+    item_name = "img"  # unit of throughput on the progress bar (img/s, tok/s)
+
+    def __init__(self, spec, config: dict, device: torch.device, data_dir=None,
+                 meta: dict[str, str] | None = None):
+        self.spec = spec
+        self.meta = meta or {}  # checkpoint metadata when rebuilt from one (a tokenizer, say)
+        self.config = config
+        self.device = device
+        self.data_dir = data_dir
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, object] = {}
+        self.build()
+
+    # ---- to implement -------------------------------------------------------------
+    def build(self) -> None:
+        """Create self.modules (on self.device), self.optimizers, self.schedulers.
+
+        When rebuilt from a checkpoint, self.meta holds its metadata (what
+        checkpoint_extra() saved), so a tokenizer can be restored before the modules."""
+        raise NotImplementedError
+
+    def setup_data(self) -> None:
+        """Load the training/validation data named by the config (train and evaluate only)."""
+        raise NotImplementedError
+
+    def train_batches(self, epoch: int):
+        raise NotImplementedError
+
+    def train_step(self, batch) -> dict[str, float]:
+        raise NotImplementedError
+
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def end_of_epoch(self, epoch: int, run_dir: Path) -> None:
+        """Pictures and other per-epoch artefacts; runs after validation."""
+
+    def evaluate(self, **options) -> dict:
+        raise DlcliError(f"evaluate is not available for {self.spec.name}")
+
+    def sample(self, n: int, label=None, grid: str | None = None, interpolate: bool = False):
+        """Return (images in [0, 1] of shape (N, 1, H, W), images per row)."""
+        raise DlcliError(f"{self.spec.name} does not generate images")
+
+    # ---- shared behaviour ---------------------------------------------------------
+    def batch_items(self, batch) -> int:
+        """How many items (images, tokens) a batch holds, for throughput."""
+        return len(batch[0])
+
+    def checkpoint_extra(self) -> dict[str, str]:
+        """Extra metadata strings saved with every checkpoint (a tokenizer, say)."""
+        return {}
+
+    def train_mode(self, training: bool = True) -> None:
+        for module in self.modules.values():
+            module.train(training)
+
+    def training_state(self) -> dict:
+        return {
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        for key, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][key])
+
+    @classmethod
+    def from_checkpoint(cls, spec, ckpt, device, data_dir=None) -> "Task":
+        task = cls(spec, ckpt.config, device, data_dir, meta=ckpt.meta)
+        ckpt.load_into(task.modules)
+        task.train_mode(False)
+        return task

@@ -1,0 +1,161 @@
+"""Classifiers (perceptron, mlp, cnn): cross-entropy by backprop, or the perceptron rule."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dlcli.data.batches import IndexBatches
+from dlcli.errors import DlcliError
+from dlcli.registry import TOY_DATASETS
+from dlcli.tasks.image import ImageTask, to_unit_float
+
+TOY_REPEATS = 2500  # an epoch of a truth table: its 4 rows, 2,500 times over
+
+
+def build_classifier(name: str, config: dict, in_features: int, classes: int):
+    if name == "perceptron":
+        from dlcli.models.perceptron import Perceptron
+
+        return Perceptron(in_features, classes, averaged=config["averaged"])
+    if name == "mlp":
+        from dlcli.models.mlp import MLP
+
+        return MLP(in_features, config["hidden"], classes, config["batchnorm"], config["dropout"])
+    if name == "cnn":
+        from dlcli.models.cnn import CNN
+
+        return CNN(classes, tuple(config["channels"]), config["width"], config["dropout"])
+    raise DlcliError(f"no classifier named {name!r}")
+
+
+def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
+    name = config.get("optimizer", "adam")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=config["lr"], momentum=config.get("momentum", 0.0),
+                               weight_decay=config.get("weight_decay", 0.0))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=config["lr"], weight_decay=config.get("weight_decay", 0.0))
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=config["lr"], weight_decay=config.get("weight_decay", 0.0))
+    raise DlcliError(f"unknown optimizer {name!r}; choose one of: adam, adamw, sgd")
+
+
+class ClassifierTask(ImageTask):
+    def build(self) -> None:
+        toy = self.config["dataset"] in TOY_DATASETS
+        if self.config["dataset"] not in self.spec.datasets:
+            raise DlcliError(
+                f"{self.spec.name} cannot train on {self.config['dataset']!r}; "
+                f"choose one of: {', '.join(self.spec.datasets)}")
+        self.classes = 2 if toy else 10
+        model = build_classifier(self.spec.name, self.config, 2 if toy else 784, self.classes)
+        self.model = model.to(self.device)
+        self.modules = {"model": self.model}
+        self.rule = hasattr(model, "learn")  # the perceptron learns without gradients
+        if not self.rule:
+            self.optimizers = {"model": make_optimizer(model.parameters(), self.config)}
+            gamma = self.config.get("lr_decay", 1.0)
+            if gamma != 1.0:
+                self.schedulers = {"model": torch.optim.lr_scheduler.ExponentialLR(
+                    self.optimizers["model"], gamma)}
+        self.epoch_mistakes = 0
+        self.done = False
+
+    def setup_data(self) -> None:
+        name = self.config["dataset"]
+        if name not in TOY_DATASETS:
+            return super().setup_data()
+        from dlcli.data.toy import truth_table
+
+        x, y = (t.to(self.device) for t in truth_table(name))
+        self.class_names = ["0", "1"]
+        self.train_data = (x.repeat(TOY_REPEATS, 1), y.repeat(TOY_REPEATS))
+        self.val_data = self.test_data = (x, y)
+        self.data_source = f"truth table of {name}"
+
+    def train_step(self, batch) -> dict[str, float]:
+        x, y = batch
+        if self.rule:
+            mistakes = self.model.learn(x, y, self.config["lr"])
+            self.epoch_mistakes += mistakes
+            return {"errors": mistakes / len(y)}
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.config.get("label_smoothing", 0.0))
+        opt = self.optimizers["model"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def measure(self, batches) -> dict[str, float]:
+        self.model.eval()
+        total, loss, correct = 0, 0.0, 0
+        for x, y in batches:
+            logits = self.model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            total += len(y)
+        self.model.train()
+        return {"loss": loss / total, "accuracy": correct / total}
+
+    def validate(self) -> dict[str, float]:
+        for sched in self.schedulers.values():
+            sched.step()
+        m = self.measure(self.eval_batches("val"))
+        out = {"val_loss": m["loss"], "val_accuracy": m["accuracy"]}
+        if self.rule:
+            n = len(self.train_data[0])
+            out["train_errors"] = self.epoch_mistakes / n
+            self.done = self.epoch_mistakes == 0  # a whole epoch without a mistake: converged
+            self.epoch_mistakes = 0
+        return out
+
+    def report(self, epochs_run: int) -> str | None:
+        if not self.rule:
+            return None
+        if self.done:
+            return (f"perceptron converged after {epochs_run} epoch(s): every training example "
+                    "is on the right side of its hyperplane")
+        data = self.distinct_train_data()
+        m = self.measure(IndexBatches(data, 1000, torch.arange(len(data[0])), to_unit_float))
+        wrong = round((1 - m["accuracy"]) * len(data[0]))
+        return (f"perceptron did not converge in {epochs_run} epoch(s): {wrong} training "
+                f"example(s) still misclassified (training accuracy {m['accuracy']:.2%}); "
+                "the classes are not linearly separable, so no single-layer perceptron can "
+                "fit them" + (" (try `dlcli train mlp --dataset xor`)"
+                              if self.config["dataset"] == "xor" else ""))
+
+    def distinct_train_data(self):
+        """The distinct training examples (a truth table's 4 rows, or every training image)."""
+        return self.test_data if self.config["dataset"] in TOY_DATASETS else self.train_data
+
+    def evaluate(self, **options) -> dict:
+        self.setup_data()
+        return self.measure(self.eval_batches("test"))
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).softmax(1)
+
+
+def load_judge(classifier=None, device="cpu") -> ClassifierTask:
+    """The cnn that scores generated images: --classifier CKPT, else the newest cnn run."""
+    from dlcli.checkpoint import load_checkpoint
+    from dlcli.registry import get_spec
+    from dlcli.runs import RUNS_ROOT, newest_checkpoint
+
+    path = classifier or newest_checkpoint("cnn", RUNS_ROOT)
+    if path is None:
+        raise DlcliError("these metrics need a trained cnn as judge: run `dlcli train cnn` "
+                         "first, or pass --classifier CKPT")
+    ckpt = load_checkpoint(path)
+    if ckpt.model not in ("cnn", "mlp"):
+        raise DlcliError(f"{path} is a {ckpt.model} checkpoint; the judge must be a cnn (or mlp)")
+    spec = get_spec(ckpt.model)
+    return ClassifierTask.from_checkpoint(spec, ckpt, torch.device(device))

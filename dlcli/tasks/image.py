@@ -1,0 +1,76 @@
+"""Shared by every task that trains on MNIST-format images (classifiers, VAEs, GANs):
+loading, the validation hold-out, batching by indexing, and picture grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dlcli.data.batches import IndexBatches, epoch_permutation
+from dlcli.tasks.base import Task
+
+
+def to_unit_float(x: torch.Tensor, *rest):
+    """uint8 pixels -> float in [0, 1]; other tensors pass through."""
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x
+    return (x, *rest)
+
+
+class ImageTask(Task):
+    image_shape = (1, 28, 28)
+    classes = 10
+
+    def setup_data(self) -> None:
+        from dlcli.data.mnist import load_images
+
+        images = load_images(self.config["dataset"], self.data_dir)
+        self.class_names = images.classes
+        x, y = images.train_x, images.train_y
+        val_size = min(int(self.config.get("val_size", 0)), len(x) // 5)
+        # A fixed hold-out, the same for every seed and run: the last val_size of a
+        # permutation seeded by the dataset size alone.
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(len(x)))
+        train_idx, val_idx = order[:len(x) - val_size], order[len(x) - val_size:]
+        dev = self.device
+        self.train_data = (x[train_idx].to(dev), y[train_idx].to(dev))
+        self.val_data = (x[val_idx].to(dev), y[val_idx].to(dev)) if val_size else None
+        self.test_data = (images.test_x.to(dev), images.test_y.to(dev))
+        self.data_source = images.source
+
+    def train_batches(self, epoch: int):
+        order = epoch_permutation(len(self.train_data[0]), self.config["seed"], epoch)
+        return IndexBatches(self.train_data, self.config["batch_size"], order,
+                            prepare=to_unit_float, drop_last=self.drop_last)
+
+    drop_last = False  # GANs and BN nets may prefer equal batches
+
+    def eval_batches(self, split: str = "val", batch_size: int = 1000):
+        data = self.val_data if split == "val" and self.val_data is not None else self.test_data
+        order = torch.arange(len(data[0]))
+        return IndexBatches(data, batch_size, order, prepare=to_unit_float)
+
+    def write_grid(self, images: torch.Tensor, path: Path, nrow: int) -> None:
+        from dlcli.images import save_grid
+
+        save_grid(images, path, nrow=nrow)
+
+
+def labels_for(label, n: int, classes: int = 10, device="cpu") -> tuple[torch.Tensor, int]:
+    """The labels a conditional sample asks for, and images per grid row.
+
+    label an int: n copies of it (rows of 8); 'all': one row per class, n // classes
+    each (at least 1); None: n labels cycling through the classes, one class per column."""
+    if label == "all":
+        per = max(1, n // classes)
+        return torch.arange(classes, device=device).repeat_interleave(per), per
+    if label is None:
+        return torch.arange(n, device=device) % classes, classes
+    return torch.full((n,), int(label), dtype=torch.long, device=device), min(n, 8)
+
+
+def interpolation_path(start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` points from start to end (rows of z), linearly; (rows, steps, dim) -> flat."""
+    t = torch.linspace(0, 1, steps, device=start.device).view(1, steps, 1)
+    path = start.unsqueeze(1) * (1 - t) + end.unsqueeze(1) * t
+    return path.reshape(-1, start.shape[-1])

@@ -1,0 +1,228 @@
+"""The one training loop. Every model family trains through `fit`, driven by its Task."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from dlcli.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from dlcli.console import console, notice, warn
+from dlcli.errors import DlcliError, Interrupted, TrainingFailed
+
+LOG_EVERY = 50  # steps between step records in metrics.jsonl
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DlcliError("--device cuda: no CUDA device here; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DlcliError("--device mps: no Apple GPU here; use --device cpu or auto")
+    if name not in ("cpu", "cuda", "mps"):
+        raise DlcliError(f"unknown device {name!r}; choose one of: auto, cpu, cuda, mps")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].to(torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in state["cuda"]])
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, appended and flushed as training goes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _progress():
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+        TimeRemainingColumn(), console=console, transient=True,
+    )
+
+
+def fit(task, run_dir: Path, resume=None) -> Path:
+    """Train `task` for config['epochs'] epochs in `run_dir`; return the checkpoint path."""
+    config = task.config
+    spec = task.spec
+    run_dir = Path(run_dir)
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "config.yaml",
+                 lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
+
+    start_epoch, skip, global_step, best = 0, 0, 0, None
+    if resume is not None:
+        state = resume.state
+        if state is None:
+            raise DlcliError(f"{resume.path} holds no training state to resume from")
+        resume.load_into(task.modules)
+        task.load_training_state(state["task"])
+        set_rng_state(state["rng"])
+        start_epoch, skip = resume.epoch, int(state["batch"])
+        global_step, best = resume.step, state.get("best")
+        notice(f"resuming {resume.path} at epoch {start_epoch + 1}, step {global_step}")
+
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    last, best_path = run_dir / "last.safetensors", run_dir / "best.safetensors"
+    epochs = config["epochs"]
+    metrics: dict = {}
+
+    def save(epoch_done: int, batch: int) -> None:
+        state = {"task": task.training_state(), "rng": rng_state(), "batch": batch, "best": best}
+        save_checkpoint(last, model=spec.name, config=config, modules=task.modules,
+                        epoch=epoch_done, step=global_step, metrics=metrics, state=state,
+                        extra=task.checkpoint_extra())
+
+    epoch, i = start_epoch, skip
+    try:
+        with _progress() as progress:
+            for epoch in range(start_epoch, epochs):
+                task.train_mode(True)
+                batches = task.train_batches(epoch)
+                bar = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(batches),
+                                        completed=skip, info="")
+                sums: dict[str, float] = {}
+                items, t0, steps = 0, time.perf_counter(), 0
+                for i in range(skip, len(batches)):
+                    batch = batches[i]
+                    logs = task.train_step(batch)
+                    bad = [k for k, v in logs.items() if not math.isfinite(v)]
+                    if bad:
+                        raise TrainingFailed(
+                            f"{bad[0]} became {logs[bad[0]]} at epoch {epoch + 1}, step "
+                            f"{global_step + 1}; training stopped. The last good checkpoint is "
+                            f"{last if last.exists() else '(none yet)'}; try a lower --lr")
+                    global_step += 1
+                    steps += 1
+                    items += task.batch_items(batch)
+                    for k, v in logs.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    if global_step % LOG_EVERY == 0:
+                        log.write({"kind": "step", "epoch": epoch + 1, "step": global_step, **logs})
+                    if steps % 10 == 0 or i == len(batches) - 1:
+                        rate = items / max(time.perf_counter() - t0, 1e-9)
+                        shown = " ".join(f"{k} {v / steps:.4g}" for k, v in list(sums.items())[:3])
+                        progress.update(bar, completed=i + 1,
+                                        info=f"{shown} {rate:,.0f} {task.item_name}/s")
+                seconds = time.perf_counter() - t0
+                progress.remove_task(bar)
+                skip = 0
+                i = 0
+                task.train_mode(False)
+                metrics = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+                metrics.update(task.validate())
+                metrics.update(epoch_seconds=round(seconds, 3),
+                               items_per_s=round(items / max(seconds, 1e-9), 1))
+                log.write({"kind": "epoch", "epoch": epoch + 1, "step": global_step, **metrics})
+                console.print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(
+                    f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+                task.end_of_epoch(epoch + 1, run_dir)
+                improved = task.monitor is None or best is None or (
+                    metrics.get(task.monitor, math.inf) < best)
+                if improved and task.monitor is not None:
+                    best = metrics.get(task.monitor)
+                save(epoch + 1, 0)
+                if improved:
+                    atomic_write(best_path, lambda tmp: shutil.copyfile(last, tmp))
+                plot_metrics(run_dir)
+                if getattr(task, "done", False):
+                    break
+    except KeyboardInterrupt:
+        save(epoch, i)  # mid-epoch: resuming skips the batches already seen
+        raise Interrupted(last) from None
+    finally:
+        log.close()
+    report = getattr(task, "report", None)
+    message = report(epoch + 1) if report else None
+    if message:
+        console.print(message)
+    return best_path if best_path.exists() else last
+
+
+def plot_metrics(run_dir: Path) -> None:
+    """curves.png: training and validation curves per epoch, losses left, the rest right."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    if not epochs:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skip = {"kind", "epoch", "step", "epoch_seconds", "items_per_s"}
+    keys = [k for k in epochs[-1] if k not in skip and isinstance(epochs[-1][k], (int, float))]
+    losses = [k for k in keys if "loss" in k or k.endswith(("nelbo", "recon", "kl"))]
+    others = [k for k in keys if k not in losses]
+    fig, axes = plt.subplots(1, 2 if others else 1, figsize=(11 if others else 6, 4), squeeze=False)
+    for ax, group in zip(axes[0], (losses, others)):
+        for k in group:
+            xs = [r["epoch"] for r in epochs if k in r]
+            ax.plot(xs, [r[k] for r in epochs if k in r], marker="o", label=k)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if group:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{run_dir.parent.name} / {run_dir.name}")
+    fig.tight_layout()
+    atomic_write(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)
+
+
+def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=None,
+          resume_path=None) -> Path:
+    """Build the task, claim the run folder, and fit."""
+    from dlcli.runs import new_run_dir
+
+    dev = pick_device(device)
+    seed_everything(config["seed"])
+    resume = load_checkpoint(resume_path, expect_model=spec.name) if resume_path else None
+    task = spec.load_task()(spec, config, dev, data_dir, meta=resume.meta if resume else None)
+    task.setup_data()
+    notice(f"{spec.name} on {config['dataset']} ({getattr(task, 'data_source', '')}), "
+           f"device {dev}")
+    if resume is not None and run_dir is None:
+        folder = resume.path.parent
+    else:
+        folder = new_run_dir(spec.name, run_dir)
+    notice(f"run folder: {folder}")
+    return fit(task, folder, resume)
