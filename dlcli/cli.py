@@ -125,13 +125,16 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (new or empty)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint to continue from."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with dataset subfolders."),
+    data: List[Path] = typer.Option([], "--data", help="Your own parallel text: FILE.tsv, or "
+                                    "--data SRC --data TGT (transformer)."),
 ):
     """Train a model. Progress goes to stderr; the checkpoint path is the last stdout line."""
     from dlcli.config import resolve_config, validate_numbers
     from dlcli.registry import get_spec
 
     spec = get_spec(model)
-    flags = dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    flags = dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                 data=[str(p) for p in data] or None)
     config = resolve_config(model, preset, set_, **flags)
     if config["dataset"] not in spec.datasets and "data" not in config:
         raise DlcliError(f"{model} cannot train on {config['dataset']!r}; "
@@ -283,6 +286,21 @@ def translate(
                          "this version") from None
     run_translate(spec, text or None, checkpoint=checkpoint, beam=beam, max_len=max_len,
                   n_best=n_best, attention=attention, device=device, out=out)
+
+
+@app.command()
+def average(
+    checkpoints: List[Path] = typer.Argument(..., help="Checkpoints of one model to average."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the average."),
+):
+    """Average the weights of several checkpoints of the same model (e.g. the last N epochs)."""
+    if len(checkpoints) < 2:
+        raise DlcliError("average needs at least two checkpoints")
+    if output.exists():
+        raise DlcliError(f"{output} exists; not overwriting it")
+    from dlcli.average import average_checkpoints
+
+    out(str(average_checkpoints(checkpoints, output)))
 
 
 # ---- inspect / evaluate -------------------------------------------------------------
