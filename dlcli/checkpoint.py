@@ -97,6 +97,8 @@ def save_checkpoint(path, *, model: str, config: dict, modules: dict, epoch: int
         "step": str(step),
         "metrics": json.dumps(metrics or {}),
         "modules": json.dumps(sorted(modules)),
+        "parameters": json.dumps({name: sum(p.numel() for p in m.parameters())
+                                  for name, m in modules.items()}),
     }
     if state is not None:
         meta["state"] = json.dumps(flatten_state(state, "state", tensors))

@@ -154,6 +154,11 @@ def train(
             warn("resuming keeps the checkpoint's config; ignored: "
                  + ", ".join(f"{k}={v}" for k, v in changed.items()))
         config = {**saved, "epochs": config["epochs"] if epochs is not None else saved["epochs"]}
+        if config["epochs"] != saved["epochs"] and saved.get("schedule") == "cosine":
+            from dlcli.console import warn
+
+            warn(f"the cosine schedule was planned for {saved['epochs']} epochs; it now "
+                 f"stretches to {config['epochs']}")
         validate_numbers(config)
     path = training.train(spec, config, device=device, data_dir=data_dir, run_dir=run_dir,
                           resume_path=resume)
@@ -353,21 +358,22 @@ def evaluate(
 # ---- entry point --------------------------------------------------------------------
 
 def main(argv=None) -> None:
-    import click
-
+    # Typer may vendor its own click: take the exception classes from what it raises.
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="dlcli", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as e:
+    except click_error as e:
         if STATE["debug"]:
             raise
-        hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {e.format_message()}{hint}", file=sys.stderr)
         sys.exit(e.exit_code)
     except DlcliError as e:

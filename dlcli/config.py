@@ -7,6 +7,7 @@ type. Other presets and `--set` may only change those keys. Torch-free.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,20 @@ from dlcli.errors import DlcliError
 PRESET_DIR = Path(__file__).parent / "presets"
 POSITIVE_INTS = ("epochs", "batch_size")
 POSITIVE_FLOATS = ("lr",)
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _floats(value):
+    """YAML 1.1 reads 1e-3 (no dot) as a string; read it as the float everyone means."""
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    return value
 
 
 def _read_yaml(path: Path) -> dict:
@@ -33,7 +48,7 @@ def _read_yaml(path: Path) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise DlcliError(f"preset {path} must be a YAML mapping of key: value")
-    return data
+    return _floats(data)
 
 
 def _description(path: Path) -> str:
@@ -82,7 +97,7 @@ def parse_override(text: str) -> tuple[str, object]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key, value
+    return key, _floats(value)
 
 
 def _coerce(key: str, value, default):
@@ -92,11 +107,6 @@ def _coerce(key: str, value, default):
     expected = type(default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if expected is float and isinstance(value, str):
-        try:  # YAML 1.1 reads '1e-3' as a string
-            return float(value)
-        except ValueError:
-            pass
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
     raise DlcliError(

@@ -41,7 +41,7 @@ def describe(path) -> dict:
     meta = header.pop("__metadata__", {}) or {}
     if "model" not in meta or "config" not in meta:
         raise DlcliError(f"{path} is a safetensors file but not a dlcli checkpoint")
-    tensors, modules, state_numel = [], {}, 0
+    tensors, modules, state_numel = [], {}, 0  # modules: numel incl. buffers, by submodule
     for name, t in sorted(header.items()):
         numel = 1
         for d in t["shape"]:
@@ -53,7 +53,10 @@ def describe(path) -> dict:
             modules[module] = modules.get(module, 0) + numel
         else:
             state_numel += numel
-    plain = {k: v for k, v in meta.items() if k not in ("config", "metrics", "state", "modules")}
+    # trainable parameters per module, as counted at save time (buffers excluded)
+    counts = json.loads(meta.get("parameters", "{}"))
+    plain = {k: v for k, v in meta.items()
+             if k not in ("config", "metrics", "state", "modules", "parameters")}
     return {
         "path": str(path),
         "file_size": path.stat().st_size,
@@ -64,8 +67,9 @@ def describe(path) -> dict:
         "step": int(meta.get("step", 0)),
         "metrics": json.loads(meta.get("metrics", "{}")),
         "config": json.loads(meta["config"]),
-        "parameters": sum(modules.values()),
-        "parameters_by_module": modules,
+        "parameters": sum(counts.values()),
+        "parameters_by_module": counts,
+        "numel_by_tensor_group": modules,
         "has_training_state": "state" in meta,
         "training_state_numel": state_numel,
         "metadata": {k: (v if len(v) < 200 else f"<{len(v)} characters>") for k, v in plain.items()},

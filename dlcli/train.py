@@ -6,6 +6,8 @@ import json
 import math
 import random
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -68,6 +70,31 @@ class MetricsLog:
         self.file.close()
 
 
+class StopRequest:
+    """Ctrl-C asks the loop to stop after the current step, save, and exit 130: a signal
+    arriving inside an optimizer step must not leave half-updated weights behind.
+    A second Ctrl-C aborts at once (the last epoch's checkpoint is still intact)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        console.print("stopping after this step to save a checkpoint (Ctrl-C again to abort)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def _progress():
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
@@ -111,9 +138,10 @@ def fit(task, run_dir: Path, resume=None) -> Path:
                         epoch=epoch_done, step=global_step, metrics=metrics, state=state,
                         extra=task.checkpoint_extra())
 
-    epoch, i = start_epoch, skip
+    stop = StopRequest()
+    epoch = start_epoch
     try:
-        with _progress() as progress:
+        with stop, _progress() as progress:
             for epoch in range(start_epoch, epochs):
                 task.train_mode(True)
                 batches = task.train_batches(epoch)
@@ -142,10 +170,12 @@ def fit(task, run_dir: Path, resume=None) -> Path:
                         shown = " ".join(f"{k} {v / steps:.4g}" for k, v in list(sums.items())[:3])
                         progress.update(bar, completed=i + 1,
                                         info=f"{shown} {rate:,.0f} {task.item_name}/s")
+                    if stop.requested and i + 1 < len(batches):
+                        save(epoch, i + 1)  # mid-epoch: a resume skips the batches seen
+                        raise Interrupted(last)
                 seconds = time.perf_counter() - t0
                 progress.remove_task(bar)
                 skip = 0
-                i = 0
                 task.train_mode(False)
                 metrics = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
                 metrics.update(task.validate())
@@ -163,11 +193,10 @@ def fit(task, run_dir: Path, resume=None) -> Path:
                 if improved:
                     atomic_write(best_path, lambda tmp: shutil.copyfile(last, tmp))
                 plot_metrics(run_dir)
+                if stop.requested and epoch + 1 < epochs:
+                    raise Interrupted(last)
                 if getattr(task, "done", False):
                     break
-    except KeyboardInterrupt:
-        save(epoch, i)  # mid-epoch: resuming skips the batches already seen
-        raise Interrupted(last) from None
     finally:
         log.close()
     report = getattr(task, "report", None)

@@ -7,10 +7,11 @@ import torch.nn.functional as F
 
 from dlcli.data.batches import IndexBatches
 from dlcli.errors import DlcliError
+from dlcli.optim import Schedule, make_optimizer
 from dlcli.registry import TOY_DATASETS
 from dlcli.tasks.image import ImageTask, to_unit_float
 
-TOY_REPEATS = 2500  # an epoch of a truth table: its 4 rows, 2,500 times over
+TOY_REPEATS = 500  # an epoch of a truth table: its 4 rows, 500 times over
 
 
 def build_classifier(name: str, config: dict, in_features: int, classes: int):
@@ -29,18 +30,6 @@ def build_classifier(name: str, config: dict, in_features: int, classes: int):
     raise DlcliError(f"no classifier named {name!r}")
 
 
-def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
-    name = config.get("optimizer", "adam")
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=config["lr"], momentum=config.get("momentum", 0.0),
-                               weight_decay=config.get("weight_decay", 0.0))
-    if name == "adam":
-        return torch.optim.Adam(params, lr=config["lr"], weight_decay=config.get("weight_decay", 0.0))
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=config["lr"], weight_decay=config.get("weight_decay", 0.0))
-    raise DlcliError(f"unknown optimizer {name!r}; choose one of: adam, adamw, sgd")
-
-
 class ClassifierTask(ImageTask):
     def build(self) -> None:
         toy = self.config["dataset"] in TOY_DATASETS
@@ -55,24 +44,26 @@ class ClassifierTask(ImageTask):
         self.rule = hasattr(model, "learn")  # the perceptron learns without gradients
         if not self.rule:
             self.optimizers = {"model": make_optimizer(model.parameters(), self.config)}
-            gamma = self.config.get("lr_decay", 1.0)
-            if gamma != 1.0:
-                self.schedulers = {"model": torch.optim.lr_scheduler.ExponentialLR(
-                    self.optimizers["model"], gamma)}
+            self.schedule = Schedule(self.optimizers["model"], self.config)
+            self.schedulers = {"model": self.schedule.scheduler}
         self.epoch_mistakes = 0
         self.done = False
 
     def setup_data(self) -> None:
         name = self.config["dataset"]
-        if name not in TOY_DATASETS:
-            return super().setup_data()
-        from dlcli.data.toy import truth_table
+        if name in TOY_DATASETS:
+            from dlcli.data.toy import truth_table
 
-        x, y = (t.to(self.device) for t in truth_table(name))
-        self.class_names = ["0", "1"]
-        self.train_data = (x.repeat(TOY_REPEATS, 1), y.repeat(TOY_REPEATS))
-        self.val_data = self.test_data = (x, y)
-        self.data_source = f"truth table of {name}"
+            x, y = (t.to(self.device) for t in truth_table(name))
+            self.class_names = ["0", "1"]
+            self.train_data = (x.repeat(TOY_REPEATS, 1), y.repeat(TOY_REPEATS))
+            self.val_data = self.test_data = (x, y)
+            self.data_source = f"truth table of {name}"
+        else:
+            super().setup_data()
+        if not self.rule:
+            steps = -(-len(self.train_data[0]) // self.config["batch_size"])
+            self.schedule.total_steps = steps * self.config["epochs"]
 
     def train_step(self, batch) -> dict[str, float]:
         x, y = batch
@@ -86,6 +77,7 @@ class ClassifierTask(ImageTask):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        self.schedule.after_step()
         return {"loss": loss.item()}
 
     @torch.no_grad()
@@ -101,16 +93,16 @@ class ClassifierTask(ImageTask):
         return {"loss": loss / total, "accuracy": correct / total}
 
     def validate(self) -> dict[str, float]:
-        for sched in self.schedulers.values():
-            sched.step()
-        m = self.measure(self.eval_batches("val"))
-        out = {"val_loss": m["loss"], "val_accuracy": m["accuracy"]}
+        if not self.rule:
+            self.schedule.after_epoch()
+        out = {}
         if self.rule:
-            n = len(self.train_data[0])
-            out["train_errors"] = self.epoch_mistakes / n
+            out["train_errors"] = self.epoch_mistakes / len(self.train_data[0])
             self.done = self.epoch_mistakes == 0  # a whole epoch without a mistake: converged
+            self.model.converged.fill_(self.done)
             self.epoch_mistakes = 0
-        return out
+        m = self.measure(self.eval_batches("val"))
+        return {"val_loss": m["loss"], "val_accuracy": m["accuracy"], **out}
 
     def report(self, epochs_run: int) -> str | None:
         if not self.rule:
@@ -121,11 +113,12 @@ class ClassifierTask(ImageTask):
         data = self.distinct_train_data()
         m = self.measure(IndexBatches(data, 1000, torch.arange(len(data[0])), to_unit_float))
         wrong = round((1 - m["accuracy"]) * len(data[0]))
+        why = ("the classes are not linearly separable, so no single perceptron can fit them "
+               "(an MLP can: `dlcli train mlp --dataset xor`)"
+               if self.config["dataset"] in TOY_DATASETS else
+               "no separating hyperplane was found; the classes may not be linearly separable")
         return (f"perceptron did not converge in {epochs_run} epoch(s): {wrong} training "
-                f"example(s) still misclassified (training accuracy {m['accuracy']:.2%}); "
-                "the classes are not linearly separable, so no single-layer perceptron can "
-                "fit them" + (" (try `dlcli train mlp --dataset xor`)"
-                              if self.config["dataset"] == "xor" else ""))
+                f"example(s) still misclassified (training accuracy {m['accuracy']:.2%}); {why}")
 
     def distinct_train_data(self):
         """The distinct training examples (a truth table's 4 rows, or every training image)."""

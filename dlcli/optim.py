@@ -1,0 +1,53 @@
+"""Optimizers and learning-rate schedules from config keys, shared by the tasks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dlcli.errors import DlcliError
+
+SCHEDULES = ("constant", "exponential", "cosine")
+
+
+def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
+    name = config.get("optimizer", "adam")
+    lr, wd = config["lr"], config.get("weight_decay", 0.0)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=config.get("momentum", 0.0), weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    raise DlcliError(f"unknown optimizer {name!r}; choose one of: adam, adamw, sgd")
+
+
+class Schedule:
+    """config['schedule']: constant; exponential (lr *= lr_decay after each epoch); cosine
+    (per step, from lr down to 0 over the whole run). `total_steps` is set once the data
+    size is known; the scheduler itself is a plain LambdaLR, so it resumes like any other."""
+
+    def __init__(self, optimizer, config: dict):
+        self.kind = config.get("schedule", "constant")
+        if self.kind not in SCHEDULES:
+            raise DlcliError(f"unknown schedule {self.kind!r}; choose one of: {', '.join(SCHEDULES)}")
+        self.decay = config.get("lr_decay", 1.0)
+        self.total_steps = None
+        self.epoch = 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
+
+    def factor(self, count: int) -> float:
+        if self.kind == "exponential":
+            return self.decay ** count  # counted in epochs
+        if self.kind == "cosine" and self.total_steps:
+            return 0.5 * (1 + math.cos(math.pi * min(count, self.total_steps) / self.total_steps))
+        return 1.0
+
+    def after_step(self) -> None:
+        if self.kind == "cosine":
+            self.scheduler.step()
+
+    def after_epoch(self) -> None:
+        if self.kind == "exponential":
+            self.scheduler.step()

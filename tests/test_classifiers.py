@@ -1,0 +1,83 @@
+"""Perceptron, MLP, CNN through the real CLI, on truth tables and the bundled MNIST subset."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_perceptron_learns_and_or(tmp_path):
+    for table in ("and", "or"):
+        proc = run_cli("train", "perceptron", "--dataset", table, check=0)
+        assert "converged" in proc.stderr and "did not converge" not in proc.stderr
+        ckpt = proc.stdout.strip().splitlines()[-1]
+        metrics = json.loads(run_cli("evaluate", ckpt, "--json", check=0).stdout)
+        assert metrics["accuracy"] == 1.0
+
+
+def test_perceptron_honestly_fails_on_xor():
+    proc = run_cli("train", "perceptron", "--dataset", "xor", "--epochs", "3", check=0)
+    assert "did not converge" in proc.stderr and "not linearly separable" in proc.stderr
+    ckpt = proc.stdout.strip().splitlines()[-1]
+    metrics = json.loads(run_cli("evaluate", ckpt, "--json", check=0).stdout)
+    assert metrics["accuracy"] <= 0.75
+
+
+def test_mlp_learns_xor():
+    proc = run_cli("train", "mlp", "--dataset", "xor", check=0)
+    metrics = json.loads(run_cli("evaluate", proc.stdout.strip(), "--json", check=0).stdout)
+    assert metrics["accuracy"] == 1.0
+
+
+def test_mlp_run_folder_checkpoint_inspect_evaluate(tmp_path):
+    proc = run_cli("train", "mlp", "--epochs", "2", "--set", "hidden=[64]", check=0)
+    ckpt = Path(proc.stdout.strip().splitlines()[-1])
+    assert len(proc.stdout.strip().splitlines()) == 1  # stdout: the path and nothing else
+    run = ckpt.parent
+    assert run.parent == Path("runs/mlp") and ckpt.name == "best.safetensors"
+    for name in ("config.yaml", "metrics.jsonl", "last.safetensors", "curves.png"):
+        assert (run / name).is_file(), name
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in epochs if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and "val_accuracy" in epochs[-1]
+    info = json.loads(run_cli("inspect", ckpt, "--json", check=0).stdout)
+    assert info["model"] == "mlp" and info["config"]["hidden"] == [64]
+    assert info["parameters"] == 784 * 64 + 64 * 2 + 64 * 10 + 10  # no bias before BN
+    assert any(t["name"].startswith("model/model/") for t in info["tensors"])
+    metrics = json.loads(run_cli("evaluate", ckpt, "--json", check=0).stdout)
+    assert set(metrics) >= {"accuracy", "loss"} and metrics["accuracy"] > 0.85
+    assert "best.safetensors" in run_cli("inspect", ckpt).stdout
+    # a second run never reuses the folder
+    second = run_cli("train", "mlp", "--epochs", "1", "--set", "hidden=[8]", check=0)
+    assert Path(second.stdout.strip()).parent != run
+
+
+def test_run_dir_must_be_new_or_empty(tmp_path):
+    target = tmp_path / "myrun"
+    run_cli("train", "mlp", "--dataset", "and", "--epochs", "1", "--run-dir", target, check=0)
+    assert (target / "best.safetensors").is_file()
+    again = run_cli("train", "mlp", "--dataset", "and", "--epochs", "1", "--run-dir", target)
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_perceptron_mnist_subset_beats_chance():
+    proc = run_cli("train", "perceptron", "--epochs", "1", check=0)
+    metrics = json.loads(run_cli("evaluate", proc.stdout.strip(), "--json", check=0).stdout)
+    assert metrics["accuracy"] > 0.75
+
+
+@pytest.mark.slow
+def test_full_mnist_targets(mnist_dir):
+    """Issue 2 targets on full MNIST (minutes): mlp 1 epoch >= 97%, BN beats no BN, cnn >= 99%."""
+    def acc(*args):
+        proc = run_cli("train", *args, "--data-dir", mnist_dir, check=0)
+        out = run_cli("evaluate", proc.stdout.strip(), "--json", "--data-dir", mnist_dir, check=0)
+        return json.loads(out.stdout)["accuracy"]
+
+    with_bn = acc("mlp", "--epochs", "1")
+    without_bn = acc("mlp", "--epochs", "1", "--set", "batchnorm=false")
+    assert with_bn >= 0.97 and with_bn > without_bn + 0.01
+    assert acc("perceptron") >= 0.85
+    assert acc("cnn") >= 0.99
