@@ -127,8 +127,16 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with dataset subfolders."),
     data: List[Path] = typer.Option([], "--data", help="Your own parallel text: FILE.tsv, or "
                                     "--data SRC --data TGT (transformer)."),
+    precision: str = typer.Option("32", "--precision", help="32, bf16 or 16-mixed (CUDA)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node",
+                                       help="Data-parallel processes (launches torchrun)."),
 ):
     """Train a model. Progress goes to stderr; the checkpoint path is the last stdout line."""
+    if nproc_per_node < 1:
+        raise DlcliError(f"--nproc-per-node must be positive, got {nproc_per_node}")
+    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_torchrun(nproc_per_node)
     from dlcli.config import resolve_config, validate_numbers
     from dlcli.registry import get_spec
 
@@ -161,8 +169,26 @@ def train(
                  f"stretches to {config['epochs']}")
         validate_numbers(config)
     path = training.train(spec, config, device=device, data_dir=data_dir, run_dir=run_dir,
-                          resume_path=resume)
-    out(str(path))
+                          resume_path=resume, precision=precision, compile=compile_)
+    if path is not None:  # rank 0 only
+        out(str(path))
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """Re-run this very command under torch.distributed.run with nproc processes."""
+    import subprocess
+
+    args = sys.argv[1:]
+    for i, a in enumerate(args):
+        if a == "--nproc-per-node":
+            del args[i:i + 2]
+            break
+        if a.startswith("--nproc-per-node="):
+            del args[i]
+            break
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "dlcli", *args]
+    raise typer.Exit(subprocess.call(cmd))
 
 
 # ---- sample -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -14,8 +15,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from dlcli import distributed
 from dlcli.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from dlcli.console import console, notice, warn
+from dlcli.distributed import Dist
 from dlcli.errors import DlcliError, Interrupted, TrainingFailed
 
 LOG_EVERY = 50  # steps between step records in metrics.jsonl
@@ -96,8 +99,14 @@ class StopRequest:
 
 
 def _progress():
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -106,14 +115,19 @@ def _progress():
     )
 
 
-def fit(task, run_dir: Path, resume=None) -> Path:
-    """Train `task` for config['epochs'] epochs in `run_dir`; return the checkpoint path."""
+def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
+        precision: str = "32") -> Path | None:
+    """Train `task` for config['epochs'] epochs in `run_dir`; return the checkpoint path.
+    Under torch.distributed every rank calls this; only rank 0 (run_dir given) writes."""
     config = task.config
     spec = task.spec
-    run_dir = Path(run_dir)
-    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "config.yaml",
-                 lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
+    d = dist_info
+    if d.main:
+        run_dir = Path(run_dir)
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "config.yaml",
+                     lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
+    autocast = _autocast(task.device, precision)
 
     start_epoch, skip, global_step, best = 0, 0, 0, None
     if resume is not None:
@@ -126,6 +140,12 @@ def fit(task, run_dir: Path, resume=None) -> Path:
         start_epoch, skip = resume.epoch, int(state["batch"])
         global_step, best = resume.step, state.get("best")
         notice(f"resuming {resume.path} at epoch {start_epoch + 1}, step {global_step}")
+    modules = list(task.modules.values())
+    if d.active:
+        distributed.broadcast_modules(modules, d)
+        distributed.average_gradients_before_steps(task.optimizers.values(), d)
+        if not d.main:
+            return _follow(task, start_epoch, skip, d, autocast)
 
     log = MetricsLog(run_dir / "metrics.jsonl")
     last, best_path = run_dir / "last.safetensors", run_dir / "best.safetensors"
@@ -145,13 +165,16 @@ def fit(task, run_dir: Path, resume=None) -> Path:
             for epoch in range(start_epoch, epochs):
                 task.train_mode(True)
                 batches = task.train_batches(epoch)
+                if d.active:
+                    batches = distributed.Shard(batches, d)
                 bar = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(batches),
                                         completed=skip, info="")
                 sums: dict[str, float] = {}
                 items, t0, steps = 0, time.perf_counter(), 0
                 for i in range(skip, len(batches)):
                     batch = batches[i]
-                    logs = task.train_step(batch)
+                    with autocast:
+                        logs = task.train_step(batch)
                     bad = [k for k, v in logs.items() if not math.isfinite(v)]
                     if bad:
                         raise TrainingFailed(
@@ -170,13 +193,15 @@ def fit(task, run_dir: Path, resume=None) -> Path:
                         shown = " ".join(f"{k} {v / steps:.4g}" for k, v in list(sums.items())[:3])
                         progress.update(bar, completed=i + 1,
                                         info=f"{shown} {rate:,.0f} {task.item_name}/s")
-                    if stop.requested and i + 1 < len(batches):
+                    if stop.requested and i + 1 < len(batches) and not d.active:
                         save(epoch, i + 1)  # mid-epoch: a resume skips the batches seen
                         raise Interrupted(last)
                 seconds = time.perf_counter() - t0
                 progress.remove_task(bar)
                 skip = 0
                 task.train_mode(False)
+                if d.active:
+                    distributed.average_floating_state(modules, d)
                 metrics = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
                 metrics.update(task.validate())
                 metrics.update(epoch_seconds=round(seconds, 3),
@@ -193,9 +218,9 @@ def fit(task, run_dir: Path, resume=None) -> Path:
                 if improved:
                     atomic_write(best_path, lambda tmp: shutil.copyfile(last, tmp))
                 plot_metrics(run_dir)
-                if stop.requested and epoch + 1 < epochs:
+                if stop.requested and epoch + 1 < epochs and not d.active:
                     raise Interrupted(last)
-                if getattr(task, "done", False):
+                if getattr(task, "done", False) and not d.active:
                     break
     finally:
         log.close()
@@ -204,6 +229,58 @@ def fit(task, run_dir: Path, resume=None) -> Path:
     if message:
         console.print(message)
     return best_path if best_path.exists() else last
+
+
+def _follow(task, start_epoch: int, skip: int, d: Dist, autocast) -> None:
+    """The loop of ranks other than 0: the same steps on their own shard, no output."""
+    for epoch in range(start_epoch, task.config["epochs"]):
+        task.train_mode(True)
+        batches = distributed.Shard(task.train_batches(epoch), d)
+        for i in range(skip, len(batches)):
+            with autocast:
+                task.train_step(batches[i])
+        skip = 0
+        task.train_mode(False)
+        distributed.average_floating_state(list(task.modules.values()), d)
+    return None
+
+
+def _autocast(device: torch.device, precision: str):
+    """--precision: 32 (off), bf16 (autocast to bfloat16), 16-mixed (float16, CUDA only)."""
+    if precision == "32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        if device.type != "cuda":
+            raise DlcliError("--precision 16-mixed needs a CUDA device; use bf16 on CPU")
+        return torch.autocast("cuda", dtype=torch.float16)
+    raise DlcliError(f"unknown --precision {precision!r}; choose one of: 32, bf16, 16-mixed")
+
+
+def compile_modules(modules: dict) -> None:
+    """--compile: compile each module's forward in place, so state-dict keys stay plain
+    (torch.compile's wrapper would prefix them with `_orig_mod.`). Compilation happens at
+    the first call; if it fails there, the module warns once and runs eagerly."""
+    for name, module in modules.items():
+        module.forward = _compiled_or_eager(name, module.forward)
+
+
+def _compiled_or_eager(name: str, eager):
+    compiled = torch.compile(eager)
+    failed = []
+
+    def forward(*args, **kwargs):
+        if not failed:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 -- any backend failure: fall back, say so
+                failed.append(e)
+                warn(f"--compile: {name} runs uncompiled ({type(e).__name__}: "
+                     f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})")
+        return eager(*args, **kwargs)
+
+    return forward
 
 
 def plot_metrics(run_dir: Path) -> None:
@@ -238,20 +315,35 @@ def plot_metrics(run_dir: Path) -> None:
 
 
 def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=None,
-          resume_path=None) -> Path:
-    """Build the task, claim the run folder, and fit."""
+          resume_path=None, precision: str = "32", compile: bool = False) -> Path | None:
+    """Build the task, claim the run folder (rank 0), and fit. Returns the checkpoint path
+    (None on ranks other than 0)."""
     from dlcli.runs import new_run_dir
 
     dev = pick_device(device)
-    seed_everything(config["seed"])
+    _autocast(dev, precision)  # validate before any work
+    d = distributed.init_from_env(dev)
+    dev = distributed.local_device(dev, d)
+    if not d.main:
+        console.quiet = True
+    seed_everything(config["seed"] + d.rank)  # own noise per rank; weights come from rank 0
     resume = load_checkpoint(resume_path, expect_model=spec.name) if resume_path else None
     task = spec.load_task()(spec, config, dev, data_dir, meta=resume.meta if resume else None)
     task.setup_data()
+    if compile:
+        compile_modules(task.modules)
+    where = f", {d.world} processes" if d.active else ""
     notice(f"{spec.name} on {config['dataset']} ({getattr(task, 'data_source', '')}), "
-           f"device {dev}")
-    if resume is not None and run_dir is None:
-        folder = resume.path.parent
-    else:
-        folder = new_run_dir(spec.name, run_dir)
-    notice(f"run folder: {folder}")
-    return fit(task, folder, resume)
+           f"device {dev}{where}")
+    folder = None
+    if d.main:
+        if resume is not None and run_dir is None:
+            folder = resume.path.parent
+        else:
+            folder = new_run_dir(spec.name, run_dir)
+        notice(f"run folder: {folder}")
+    try:
+        return fit(task, folder, resume, d, precision)
+    finally:
+        if d.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

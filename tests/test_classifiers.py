@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 
@@ -81,3 +80,38 @@ def test_full_mnist_targets(mnist_dir):
     assert with_bn >= 0.97 and with_bn > without_bn + 0.01
     assert acc("perceptron") >= 0.85
     assert acc("cnn") >= 0.99
+
+
+def test_bf16_precision_trains_on_cpu():
+    proc = run_cli("train", "mlp", "--dataset", "xor", "--precision", "bf16", "--device", "cpu",
+                   check=0)
+    metrics = json.loads(run_cli("evaluate", proc.stdout.strip(), "--json", check=0).stdout)
+    assert metrics["accuracy"] == 1.0
+    bad = run_cli("train", "mlp", "--precision", "8")
+    assert bad.returncode == 2 and "bf16" in bad.stderr
+
+
+def test_compile_falls_back_cleanly_when_the_backend_fails(monkeypatch, capsys):
+    import torch
+
+    from dlcli import train as training
+
+    def broken_compile(fn, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    layer = torch.nn.Linear(2, 1)
+    training.compile_modules({"layer": layer})
+    x = torch.ones(3, 2)
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    layer(x)  # warns once, not per call
+    assert capsys.readouterr().err.count("runs uncompiled") == 1
+    assert list(layer.state_dict()) == ["weight", "bias"]  # plain keys, loadable anywhere
+
+
+@pytest.mark.slow
+def test_compile_really_compiles():
+    proc = run_cli("train", "mlp", "--dataset", "and", "--epochs", "1", "--compile", check=0)
+    assert "uncompiled" not in proc.stderr

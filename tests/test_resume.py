@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT, run_cli
+from safetensors.torch import load_file
 
 ARGS = ["train", "mlp", "--set", "hidden=[32]", "--set", "dropout=0.2", "--batch-size", "32"]
 

@@ -35,8 +35,9 @@ class BatchNorm(nn.Module):
             var = h.var(axes, unbiased=False)
             with torch.no_grad():
                 n = h.numel() / h.shape[1]
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
+                # (float() because under autocast the statistics may be bfloat16)
+                self.running_mean.lerp_(mean.float(), self.momentum)
+                self.running_var.lerp_(var.float() * n / max(n - 1, 1), self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
         h_hat = (h - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)

@@ -1,0 +1,104 @@
+"""Data parallel training on torch.distributed, the way torchrun launches it.
+
+Under `torchrun --nproc-per-node N -m dlcli train ...` (or `dlcli train --nproc-per-node N`)
+every process builds the same task; each trains on its own share of every epoch's batches
+(batch i goes to rank i mod N, so --batch-size is per process), gradients are averaged
+across processes just before every optimizer step (a step pre-hook, so tasks with two
+optimizers, GANs, stay in sync without knowing about it), and BatchNorm statistics are
+averaged before validation. Only rank 0 shows progress and writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def init_from_env(device: torch.device) -> Dist:
+    """Join the process group torchrun describes in the environment (no-op when alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def local_device(device: torch.device, d: Dist) -> torch.device:
+    if d.active and device.type == "cuda":
+        torch.cuda.set_device(d.local_rank)
+        return torch.device("cuda", d.local_rank)
+    return device
+
+
+def _flat_all_reduce_mean(tensors: list[torch.Tensor], world: int) -> None:
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t).to(t.dtype))
+        offset += t.numel()
+
+
+def average_gradients_before_steps(optimizers, d: Dist) -> None:
+    def hook(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        _flat_all_reduce_mean(grads, d.world)
+
+    for opt in optimizers:
+        opt.register_step_pre_hook(hook)
+
+
+@torch.no_grad()
+def broadcast_modules(modules, d: Dist) -> None:
+    """Start every rank from rank 0's weights."""
+    for module in modules:
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+@torch.no_grad()
+def average_floating_state(modules, d: Dist) -> None:
+    """Average float buffers (BN running statistics) and, for models trained without an
+    optimizer (the perceptron rule), the weights themselves."""
+    tensors = [t for m in modules for t in m.buffers() if t.is_floating_point()]
+    tensors += [p.data for m in modules for p in m.parameters() if p.is_floating_point()]
+    _flat_all_reduce_mean(tensors, d.world)
+
+
+class Shard(Sequence):
+    """Rank r's batches of an epoch: r, r+N, r+2N, ...; every rank gets as many."""
+
+    def __init__(self, batches, d: Dist):
+        self.batches, self.d = batches, d
+        self.length = len(batches) // d.world
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        return self.batches[i * self.d.world + self.d.rank]
