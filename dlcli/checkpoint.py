@@ -83,6 +83,16 @@ def module_tensors(modules: dict) -> dict:
     return out
 
 
+def parameter_counts(modules: dict) -> dict[str, int]:
+    """Trainable parameters of each module and of its direct children ("model.hidden")."""
+    counts = {}
+    for name, module in modules.items():
+        counts[name] = sum(p.numel() for p in module.parameters())
+        for child, sub in module.named_children():
+            counts[f"{name}.{child}"] = sum(p.numel() for p in sub.parameters())
+    return counts
+
+
 def save_checkpoint(path, *, model: str, config: dict, modules: dict, epoch: int = 0,
                     step: int = 0, metrics: dict | None = None, state: dict | None = None,
                     extra: dict[str, str] | None = None) -> Path:
@@ -96,8 +106,7 @@ def save_checkpoint(path, *, model: str, config: dict, modules: dict, epoch: int
         "step": str(step),
         "metrics": json.dumps(metrics or {}),
         "modules": json.dumps(sorted(modules)),
-        "parameters": json.dumps({name: sum(p.numel() for p in m.parameters())
-                                  for name, m in modules.items()}),
+        "parameters": json.dumps(parameter_counts(modules)),
     }
     if state is not None:
         meta["state"] = json.dumps(flatten_state(state, "state", tensors))

@@ -67,7 +67,7 @@ def describe(path) -> dict:
         "step": int(meta.get("step", 0)),
         "metrics": json.loads(meta.get("metrics", "{}")),
         "config": json.loads(meta["config"]),
-        "parameters": sum(counts.values()),
+        "parameters": sum(v for k, v in counts.items() if "." not in k),
         "parameters_by_module": counts,
         "numel_by_tensor_group": modules,
         "has_training_state": "state" in meta,

@@ -300,6 +300,14 @@ def plot_metrics(run_dir: Path) -> None:
     losses = [k for k in keys if "loss" in k or k.endswith(("nelbo", "recon", "kl"))]
     others = [k for k in keys if k not in losses]
     fig, axes = plt.subplots(1, 2 if others else 1, figsize=(11 if others else 6, 4), squeeze=False)
+    # step records, drawn faintly at their fraction of the epoch: the curve within epochs
+    ends = {0: 0, **{r["epoch"]: r["step"] for r in epochs}}
+    for key in sorted({k for r in records if r.get("kind") == "step" for k in r} - skip):
+        points = [(r["epoch"] - 1 + (r["step"] - ends.get(r["epoch"] - 1, 0))
+                   / max(ends.get(r["epoch"], r["step"]) - ends.get(r["epoch"] - 1, 0), 1), r[key])
+                  for r in records if r.get("kind") == "step" and key in r]
+        if points and "loss" in key:
+            axes[0][0].plot(*zip(*points), alpha=0.35, linewidth=0.8, label=f"{key} (steps)")
     for ax, group in zip(axes[0], (losses, others)):
         for k in group:
             xs = [r["epoch"] for r in epochs if k in r]
@@ -308,7 +316,7 @@ def plot_metrics(run_dir: Path) -> None:
         ax.grid(alpha=0.3)
         if group:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{run_dir.parent.name} / {run_dir.name}")
+    fig.suptitle(f"{run_dir.resolve().parent.name} / {run_dir.resolve().name}")
     fig.tight_layout()
     atomic_write(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     plt.close(fig)

@@ -1,0 +1,166 @@
+"""The benchmark suite: every model family's training loop against the tutorial way.
+
+For each image model the same Task (network, loss, optimizer step: what `dlcli train`
+runs) is fed two ways, time-shared chunk by chunk in one process so the load of a
+shared machine falls on both alike:
+  dlcli      the in-memory uint8 tensor, batched by indexing (dlcli's own path);
+  baseline   a torch DataLoader over a map-style Dataset with a per-sample transform
+             (uint8 -> float tensor, one image at a time), as the common tutorials do.
+It also times sampling (images/s) and reports peak memory. The Transformer row compares
+dlcli's Transformer with torch.nn.Transformer of the same size on the same batches
+(benchmarks/transformer.py has the details) when that module is present.
+
+Usage:  python benchmarks/suite.py [--data-dir ../shared/data] [--seconds 6] [--json out.json]
+        [--models mlp,cnn,vae,gan,...]
+Prints a table to stdout (and JSON with --json). Runs in a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dlcli.config import resolve_config  # noqa: E402
+from dlcli.registry import get_spec, list_models  # noqa: E402
+from dlcli.tasks.image import to_unit_float  # noqa: E402
+
+
+class PerSampleDataset(torch.utils.data.Dataset):
+    """The tutorial way: index one image, transform it on its own, let the loader collate."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = self.images[i].float().div(255)  # ToTensor: uint8 HxW -> float [0, 1]
+        return x, int(self.labels[i])
+
+
+def build_task(model: str, data_dir, overrides=()):
+    spec = get_spec(model)
+    config = resolve_config(model, None, overrides)
+    task = spec.load_task()(spec, config, torch.device("cpu"), data_dir)
+    task.setup_data()
+    task.train_mode(True)
+    return task
+
+
+def endless(make_iter):
+    while True:
+        yield from make_iter()
+
+
+def time_shared(sides: dict, seconds: float, chunk: int = 5) -> dict:
+    """Run chunk steps of each side in turn until every side has had `seconds` of wall time."""
+    spent = {k: 0.0 for k in sides}
+    items = {k: 0 for k in sides}
+    while min(spent.values()) < seconds:
+        name = min(spent, key=spent.get)
+        t0 = time.perf_counter()
+        items[name] += sides[name](chunk)
+        spent[name] += time.perf_counter() - t0
+    return {k: items[k] / spent[k] for k in sides}
+
+
+def bench_image_model(model: str, data_dir, seconds: float) -> dict:
+    task = build_task(model, data_dir)
+    x, y = task.train_data
+    bs = task.config["batch_size"]
+    ours = endless(lambda: iter(task.train_batches(0)))
+    loader = torch.utils.data.DataLoader(PerSampleDataset(x, y), batch_size=bs, shuffle=True,
+                                         drop_last=task.drop_last)
+    theirs = endless(lambda: iter(loader))
+
+    def steps(source):
+        def run(k):
+            n = 0
+            for _ in range(k):
+                batch = next(source)
+                task.train_step(batch)
+                n += len(batch[0])
+            return n
+        return run
+
+    next(theirs), next(ours)  # warm both paths up
+    rates = time_shared({"dlcli": steps(ours), "baseline": steps(theirs)}, seconds)
+    row = {"model": model, "unit": "img/s", "dlcli": rates["dlcli"], "baseline": rates["baseline"],
+           "ratio": rates["dlcli"] / rates["baseline"], "baseline_kind": "DataLoader, per-sample"}
+    if get_spec(model).samples:
+        task.train_mode(False)
+        t0, n = time.perf_counter(), 0
+        with torch.no_grad():
+            while time.perf_counter() - t0 < 1.0:
+                images, _ = task.sample(256)
+                n += len(images)
+        row["sample_img_per_s"] = n / (time.perf_counter() - t0)
+    return row
+
+
+def bench_transformer(seconds: float) -> dict | None:
+    try:
+        import transformer as tbench  # benchmarks/transformer.py
+    except ImportError:
+        return None
+    if not hasattr(tbench, "side_by_side"):
+        return None
+    rates = tbench.side_by_side(seconds)
+    return {"model": "transformer", "unit": "tok/s", "dlcli": rates["dlcli"],
+            "baseline": rates["baseline"], "ratio": rates["dlcli"] / rates["baseline"],
+            "baseline_kind": "torch.nn.Transformer, same size and batches"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--seconds", type=float, default=6.0, help="per side, per model")
+    parser.add_argument("--models", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    torch.manual_seed(0)
+    names = args.models.split(",") if args.models else [s.name for s in list_models()]
+    rows = []
+    for name in names:
+        spec = get_spec(name)
+        t0 = time.perf_counter()
+        if spec.family == "seq2seq":
+            row = bench_transformer(args.seconds)
+        elif spec.name == "perceptron":
+            continue  # no optimizer step to compare: the rule is a matrix update
+        else:
+            row = bench_image_model(name, args.data_dir, args.seconds)
+        if row is None:
+            print(f"{name}: skipped (no side-by-side benchmark available)", file=sys.stderr)
+            continue
+        row["bench_seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        print(f"{name}: {row['dlcli']:,.0f} vs {row['baseline']:,.0f} {row['unit']} "
+              f"({row['ratio']:.2f}x)", file=sys.stderr)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    header = f"{'model':<12}{'dlcli':>12}{'baseline':>12}{'ratio':>8}  {'unit':<6}{'sample img/s':>14}"
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(header)
+    for r in rows:
+        sample = f"{r['sample_img_per_s']:>14,.0f}" if "sample_img_per_s" in r else f"{'':>14}"
+        print(f"{r['model']:<12}{r['dlcli']:>12,.0f}{r['baseline']:>12,.0f}{r['ratio']:>7.2f}x  "
+              f"{r['unit']:<6}{sample}")
+    print(f"peak memory of this process: {peak_mib:,.0f} MiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "peak_mib": peak_mib}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
