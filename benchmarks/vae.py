@@ -19,10 +19,18 @@ ratios are fair even when the absolute figures move.
             same seconds; then the test negative ELBO of both (nats/image, one z per
             image, the same fixed noise for both).
 
+3. peer     (with --peer SCRIPT) whole-process runs of one epoch each, alternated: the
+            real pytorch/examples script, given a torchvision stand-in on --peer-stubs
+            (a folder with torchvision/ that serves $PEER_MNIST_DIR the way torchvision
+            does: a PIL image per item, then ToTensor), and `dlcli train vae` at the
+            tutorial setting (preset vae-tutorial) and at its default preset.
+
 Usage (from the repo root; real MNIST is needed for the quality part):
     python benchmarks/vae.py --data-dir ../shared/data                 # both parts
     python benchmarks/vae.py --data-dir ../shared/data --only speed --seconds 20
     python benchmarks/vae.py --data-dir ../shared/data --only quality --set epochs=5
+    python benchmarks/vae.py --data-dir ../shared/data --only peer \
+        --peer /tmp/peer/main.py --peer-stubs /tmp/peer/stubs
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -162,11 +173,52 @@ def test_nelbo(model, test_x) -> float:
     return total / len(test_x)
 
 
+def peer_runs(args, rounds: int = 2) -> dict:
+    """Alternate whole-process one-epoch runs; median wall seconds of each."""
+    root = Path(__file__).resolve().parents[1]
+    threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+    env = {**os.environ, **threads, "PYTHONPATH": str(root),
+           "PEER_MNIST_DIR": str(Path(args.data_dir) / "mnist")}
+    peer_env = {**env, "PYTHONPATH": args.peer_stubs}
+    dlcli = [sys.executable, "-m", "dlcli", "train", "vae", "--epochs", "1",
+             "--data-dir", args.data_dir]
+    commands = {
+        "pytorch/examples vae/main.py --epochs 1": (
+            [sys.executable, args.peer, "--epochs", "1", "--log-interval", "100000"], peer_env),
+        "dlcli train vae --preset vae-tutorial -e 1": (dlcli + ["--preset", "vae-tutorial"], env),
+        "dlcli train vae -e 1 (default preset)": (dlcli, env),
+    }
+    seconds = {name: [] for name in commands}
+    printed = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            for name, (command, command_env) in commands.items():
+                t = time.perf_counter()
+                proc = subprocess.run(command, cwd=tmp, env=command_env, capture_output=True,
+                                      text=True, check=True)
+                seconds[name].append(time.perf_counter() - t)
+                found = re.findall(r"Test set loss: ([0-9.]+)|val_loss ([0-9.]+)",
+                                   proc.stdout + proc.stderr)
+                printed[name] = float(next(v for v in found[-1] if v)) if found else None
+    base = sorted(seconds[next(iter(commands))])[rounds // 2]
+    print(f"peer: whole-process wall seconds for one epoch, median of {rounds}, alternated")
+    out = {}
+    for name, times in seconds.items():
+        median = sorted(times)[rounds // 2]
+        loss = printed[name]
+        print(f"  {name:<44} {median:6.1f} s   x{base / median:.2f}   "
+              f"{'test' if 'examples' in name else 'val'} loss {loss}")
+        out[name] = {"seconds": round(median, 2), "speedup": round(base / median, 3), "loss": loss}
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2]
                                                   / "shared" / "data"))
-    parser.add_argument("--only", choices=["speed", "quality"])
+    parser.add_argument("--only", choices=["speed", "quality", "peer"])
+    parser.add_argument("--peer", help="path of pytorch/examples vae/main.py (outside the repo)")
+    parser.add_argument("--peer-stubs", help="folder holding a torchvision stand-in")
     parser.add_argument("--seconds", type=float, default=15.0,
                         help="speed part: training seconds for each side")
     parser.add_argument("--set", action="append", default=[],
@@ -214,6 +266,8 @@ def main():
             "dlcli": {"nelbo": round(ours_nelbo, 3), "epochs": ours.images / len(x)},
             "tutorial": {"nelbo": round(theirs_nelbo, 3), "epochs": theirs.images / len(x)},
         }
+    if args.peer and args.only in (None, "peer"):
+        results["peer"] = peer_runs(args)
     if args.json:
         print(json.dumps(results))
 

@@ -58,6 +58,10 @@ def test_loss_terms_match_their_definitions():
     expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0))
     assert torch.allclose(kl_per_dim(mu, logvar), expected, atol=1e-5)
     assert kl_per_dim(torch.zeros(2, 3), torch.zeros(2, 3)).abs().max() == 0
+    prior_mu, prior_logvar = torch.randn(5, 3), torch.randn(5, 3)  # a learned p(z | y)
+    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()),
+                             Normal(prior_mu, (0.5 * prior_logvar).exp()))
+    assert torch.allclose(kl_per_dim(mu, logvar, prior_mu, prior_logvar), expected, atol=1e-5)
 
     logits, x = torch.randn(4, 784), torch.rand(4, 1, 28, 28)
     nats = -Bernoulli(logits=logits, validate_args=False).log_prob(x.flatten(1)).sum(1)

@@ -69,9 +69,15 @@ class ConvHead(nn.Module):
 
 class VAE(nn.Module):
     def __init__(self, latent: int = 20, hidden: list[int] = (400,), arch: str = "mlp",
-                 channels: int = 32, classes: int = 0):
+                 channels: int = 32, classes: int = 0, class_prior: bool = False):
         super().__init__()
         self.latent, self.classes, self.arch = latent, classes, arch
+        # A learned prior per class, p(z | y) = N(m_y, s_y^2) (Sohn et al.'s conditional
+        # prior, here of the label): z may then keep what it knows about the digit, and a
+        # sample drawn from p(z | y) lands where the codes of that digit live.
+        self.prior = nn.Embedding(classes, 2 * latent) if class_prior and classes else None
+        if self.prior is not None:
+            nn.init.zeros_(self.prior.weight)  # starts as N(0, I)
         hidden = list(hidden)
         if arch == "conv":
             self.body = ConvBody(channels)
@@ -99,6 +105,20 @@ class VAE(nn.Module):
         stats = self.encoder(self.with_label(self.body(x), y))
         return stats.chunk(2, dim=1)
 
+    def prior_stats(self, y: torch.Tensor | None):
+        """(mu, logvar) of p(z | y) when the prior is learned per class, else (None, None):
+        the standard normal."""
+        return self.prior(y).chunk(2, dim=1) if self.prior is not None else (None, None)
+
+    def kl(self, mu, logvar, y=None) -> torch.Tensor:
+        """KL(q(z | x, y) || p(z | y)) per image and latent unit, (N, latent)."""
+        return kl_per_dim(mu, logvar, *self.prior_stats(y))
+
+    def from_standard(self, eps: torch.Tensor, y=None) -> torch.Tensor:
+        """Standard-normal coordinates -> z under p(z | y) (as they are for N(0, I))."""
+        mu, logvar = self.prior_stats(y)
+        return eps if mu is None else mu + torch.exp(0.5 * logvar) * eps
+
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Codes (N, latent) -> pixel logits (N, 784); sigmoid gives the mean image."""
         return self.decoder(self.with_label(z, y))
@@ -119,10 +139,13 @@ def reconstruction_nats(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(1)
 
 
-def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, sigma^2) || N(0, 1)) for each image and latent unit, (N, latent):
-    0.5 * (mu^2 + sigma^2 - log sigma^2 - 1)  (Kingma & Welling, appendix B)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)
+def kl_per_dim(mu, logvar, prior_mu=None, prior_logvar=None) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(m, s^2)) for each image and latent unit, (N, latent); for the
+    standard normal prior 0.5 * (mu^2 + sigma^2 - log sigma^2 - 1) (Kingma & Welling, B)."""
+    if prior_mu is None:
+        return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)
+    return 0.5 * (((mu - prior_mu).pow(2) + logvar.exp()) / prior_logvar.exp()
+                  + prior_logvar - logvar - 1)
 
 
 def log_normal(z: torch.Tensor, mu=None, logvar=None) -> torch.Tensor:
@@ -146,5 +169,5 @@ def iwae_nll(model: VAE, x: torch.Tensor, y=None, k: int = 100, generator=None) 
     labels = None if y is None else y.repeat(k)
     logits = model.decode(z.reshape(k * n, d), labels)
     log_px_z = -reconstruction_nats(logits, x.repeat(k, 1, 1, 1)).view(k, n)
-    log_w = log_px_z + log_normal(z) - log_normal(z, mu, logvar)
+    log_w = log_px_z + log_normal(z, *model.prior_stats(y)) - log_normal(z, mu, logvar)
     return -(torch.logsumexp(log_w, 0) - math.log(k))

@@ -35,7 +35,8 @@ class VAETask(ImageTask):
             raise DlcliError("latent must be at least 1 unit, and an mlp needs a hidden layer")
         self.conditional = self.spec.conditional
         self.model = VAE(c["latent"], c["hidden"], c["arch"], c["channels"],
-                         classes=self.classes if self.conditional else 0).to(self.device)
+                         classes=self.classes if self.conditional else 0,
+                         class_prior=c["class_prior"]).to(self.device)
         self.modules = {"model": self.model}
         self.optimizers = {"model": make_optimizer(self.model.parameters(), c)}
         if c.get("lr_decay", 1.0) != 1.0:
@@ -75,14 +76,18 @@ class VAETask(ImageTask):
     def labels(self, y: torch.Tensor):
         return y if self.conditional else None
 
-    def train_step(self, batch) -> dict[str, float]:
-        from dlcli.models.vae import kl_per_dim, reconstruction_nats
-
+    def batch_labels(self, batch):
         x, y = batch
+        return x, self.labels(y)
+
+    def train_step(self, batch) -> dict[str, float]:
+        from dlcli.models.vae import reconstruction_nats
+
+        x, y = self.batch_labels(batch)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
-            logits, mu, logvar = self.model(x, self.labels(y))
+            logits, mu, logvar = self.model(x, y)
         recon = reconstruction_nats(logits.float(), x).mean()
-        kl = kl_per_dim(mu.float(), logvar.float()).sum(1).mean()
+        kl = self.model.kl(mu.float(), logvar.float(), y).sum(1).mean()
         loss = self.objective(recon, kl)
         opt = self.optimizers["model"]
         opt.zero_grad(set_to_none=True)
@@ -103,14 +108,15 @@ class VAETask(ImageTask):
     def measure(self, batches) -> dict:
         """Test-style ELBO on `batches` (one z per image, fixed noise): nats per image,
         and the mean KL of each latent unit."""
-        from dlcli.models.vae import kl_per_dim, reconstruction_nats
+        from dlcli.models.vae import reconstruction_nats
 
         gen = torch.Generator(self.device).manual_seed(EVAL_SEED)
         total, recon, kl_dims = 0, 0.0, 0.0
-        for x, y in batches:
-            logits, mu, logvar = self.model(x, self.labels(y), generator=gen)
+        for batch in batches:
+            x, y = self.batch_labels(batch)
+            logits, mu, logvar = self.model(x, y, generator=gen)
             recon += reconstruction_nats(logits, x).sum().item()
-            kl_dims = kl_dims + kl_per_dim(mu, logvar).sum(0)
+            kl_dims = kl_dims + self.model.kl(mu, logvar, y).sum(0)
             total += len(x)
         kl_dims = (kl_dims / total).cpu()
         kl = float(kl_dims.sum())
@@ -167,28 +173,41 @@ class VAETask(ImageTask):
         return out
 
     def judge_labels(self, classifier, samples: int) -> dict:
-        """Does the digit drawn match the label asked for? The cnn judge decides."""
+        """Does the digit drawn match the label asked for? The cnn judge decides, for
+        samples at the configured temperature and, when that is not 1, at 1 too."""
         from dlcli.metrics import score_samples
         from dlcli.tasks.classify import load_judge
 
         judge = load_judge(classifier, self.device)
-        state = torch.get_rng_state()
-        torch.manual_seed(EVAL_SEED)
-        labels = torch.arange(samples, device=self.device) % self.classes
-        fake = torch.cat([self.decode_prior(labels[i:i + 1000])
-                          for i in range(0, samples, 1000)])
-        torch.set_rng_state(state)
         (real,) = to_unit_float(self.test_data[0])
-        scores = score_samples(judge, fake, real, labels)
-        return {"label_accuracy": scores["label_accuracy"],
-                "label_accuracy_per_digit": scores["label_accuracy_per_class"],
-                "cfid": scores["cfid"], "confidence": scores["confidence"]}
+        labels = torch.arange(samples, device=self.device) % self.classes
+        out = {}
+        for temperature in dict.fromkeys([self.config["temperature"], 1.0]):
+            state = torch.get_rng_state()
+            torch.manual_seed(EVAL_SEED)
+            fake = torch.cat([self.decode_prior(labels[i:i + 1000], temperature=temperature)
+                              for i in range(0, samples, 1000)])
+            torch.set_rng_state(state)
+            scores = score_samples(judge, fake, real, labels)
+            suffix = "" if not out else f"_temperature_{temperature:g}"
+            out.update({f"label_accuracy{suffix}": scores["label_accuracy"],
+                        f"label_accuracy_per_digit{suffix}": scores["label_accuracy_per_class"],
+                        f"cfid{suffix}": scores["cfid"], f"confidence{suffix}": scores["confidence"]})
+        return {**out, "temperature": self.config["temperature"]}
 
     # ---- pictures ---------------------------------------------------------------------
-    def decode_prior(self, labels=None, count: int | None = None) -> torch.Tensor:
-        """Images decoded from z ~ N(0, I): one per label (cvae), or `count` of them."""
+    def decode_prior(self, labels=None, count: int | None = None,
+                     temperature: float | None = None) -> torch.Tensor:
+        """Images decoded from z ~ p(z | y): one per label (cvae), or `count` of them."""
         n = len(labels) if labels is not None else count
-        z = torch.randn(n, self.config["latent"]).to(self.device)
+        if temperature is None:
+            temperature = self.config["temperature"]
+        eps = temperature * torch.randn(n, self.config["latent"])
+        return self.decode_standard(eps, labels)
+
+    def decode_standard(self, eps: torch.Tensor, labels=None) -> torch.Tensor:
+        """Images from standard-normal coordinates of the prior (of each label's prior)."""
+        z = self.model.from_standard(eps.to(self.device), labels)
         return self.model.images(z, labels)
 
     def sample(self, n: int, label=None, grid: str | None = None, interpolate: bool = False):
@@ -244,7 +263,7 @@ class VAETask(ImageTask):
         z[:, :, rows] = q.flip(0).view(side, 1)  # high values at the top
         z[:, :, cols] = q.view(1, side)
         labels = self.fixed_label(label, side * side)
-        return self.model.images(z.view(-1, latent).to(self.device), labels), side
+        return self.decode_standard(z.view(-1, latent), labels), side
 
     def traverse(self, n: int):
         """One row per informative unit, most informative on top, swept from -3 to +3
@@ -255,7 +274,7 @@ class VAETask(ImageTask):
         z = torch.zeros(len(units), TRAVERSE_STEPS, latent)
         for row, j in enumerate(units):
             z[row, :, j] = values
-        return self.model.images(z.view(-1, latent).to(self.device)), TRAVERSE_STEPS
+        return self.decode_standard(z.view(-1, latent)), TRAVERSE_STEPS
 
     def test_digits(self, count: int, label=None):
         """`count` test digits chosen at random (seeded), of one digit when label is given."""
@@ -301,10 +320,10 @@ class VAETask(ImageTask):
             rows = self.classes
         latent = self.config["latent"]
         start, end = torch.randn(rows, latent), torch.randn(rows, latent)
-        z = interpolation_path(start, end, steps).to(self.device)
+        eps = interpolation_path(start, end, steps)
         labels = None
         if self.conditional:
             per_row, _ = labels_for(label, rows, self.classes, self.device) \
                 if label != "all" else (torch.arange(self.classes, device=self.device), 0)
             labels = per_row.repeat_interleave(steps)
-        return self.model.images(z, labels), steps
+        return self.decode_standard(eps, labels), steps
