@@ -30,7 +30,7 @@ Usage (from the repo root; real MNIST is needed for the quality part):
     python benchmarks/vae.py --data-dir ../shared/data --only speed --seconds 20
     python benchmarks/vae.py --data-dir ../shared/data --only quality --set epochs=5
     python benchmarks/vae.py --data-dir ../shared/data --only peer \
-        --peer /tmp/peer/main.py --peer-stubs /tmp/peer/stubs
+        --peer /tmp/vae-peer/main.py --peer-stubs /tmp/vae-peer/stubs
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import itertools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,7 +58,6 @@ from dlcli.config import resolve_config  # noqa: E402
 from dlcli.models.vae import VAE, kl_per_dim, reconstruction_nats  # noqa: E402
 from dlcli.registry import get_spec  # noqa: E402
 from dlcli.tasks.vae import VAETask  # noqa: E402
-
 
 # ---- the tutorial way ----------------------------------------------------------------
 
@@ -200,11 +200,11 @@ def peer_runs(args, rounds: int = 2) -> dict:
                 found = re.findall(r"Test set loss: ([0-9.]+)|val_loss ([0-9.]+)",
                                    proc.stdout + proc.stderr)
                 printed[name] = float(next(v for v in found[-1] if v)) if found else None
-    base = sorted(seconds[next(iter(commands))])[rounds // 2]
+    base = statistics.median(seconds[next(iter(commands))])
     print(f"peer: whole-process wall seconds for one epoch, median of {rounds}, alternated")
     out = {}
     for name, times in seconds.items():
-        median = sorted(times)[rounds // 2]
+        median = statistics.median(times)
         loss = printed[name]
         print(f"  {name:<44} {median:6.1f} s   x{base / median:.2f}   "
               f"{'test' if 'examples' in name else 'val'} loss {loss}")
@@ -253,7 +253,8 @@ def main():
         with tempfile.TemporaryDirectory() as run_dir:
             (Path(run_dir) / "samples").mkdir()
             ours = Runner(f"dlcli train vae ({task.config['epochs']} epochs, "
-                          f"batch {task.config['batch_size']})", dlcli_training(task, Path(run_dir)))
+                          f"batch {task.config['batch_size']})",
+                          dlcli_training(task, Path(run_dir)))
             theirs = Runner("tutorial way, same seconds", tutorial_training(x, y))
             timeshare([ours, theirs])
         ours_nelbo = test_nelbo(task.model, task.test_data[0])

@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-
 from conftest import run_cli
 
 TINY = ["--epochs", "1", "--set", "hidden=[64]", "--set", "val_size=1000",
@@ -151,7 +150,8 @@ def test_cvae_label_accuracy_by_a_judge(trained, cli, isolated):
 # ---- sampling -------------------------------------------------------------------------
 
 def test_same_seed_same_bytes(trained, cli):
-    args = ("sample", "cvae", "--checkpoint", trained["cvae"], "--label", "7", "-n", "16", "-o", "-")
+    args = ("sample", "cvae", "--checkpoint", trained["cvae"], "--label", "7", "-n", "16",
+            "-o", "-")
     first = run_cli(*args, "--seed", "5", input=b"", check=0).stdout
     again = run_cli(*args, "--seed", "5", input=b"", check=0).stdout
     other = run_cli(*args, "--seed", "6", input=b"", check=0).stdout

@@ -8,7 +8,8 @@
           =  BCE summed over the 784 pixels      + sum_j KL_j
 
 The conditional VAE (Sohn et al., 2015) feeds the one-hot label to both networks, so
-the label decides the digit and z is free to carry only the handwriting. The beta-VAE
+the label decides the digit and z is free to carry only the handwriting; optionally its
+prior is learned per label, p(z | y) = N(m_y, s_y^2), and samples come from there. The beta-VAE
 (Higgins et al., 2017) weights the KL by beta > 1, which squeezes the code into fewer,
 more independent units; Burgess et al. (2018) instead pull the KL towards a capacity C
 that grows during training: loss = recon + gamma * |KL - C|.

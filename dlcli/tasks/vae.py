@@ -192,7 +192,8 @@ class VAETask(ImageTask):
             suffix = "" if not out else f"_temperature_{temperature:g}"
             out.update({f"label_accuracy{suffix}": scores["label_accuracy"],
                         f"label_accuracy_per_digit{suffix}": scores["label_accuracy_per_class"],
-                        f"cfid{suffix}": scores["cfid"], f"confidence{suffix}": scores["confidence"]})
+                        f"cfid{suffix}": scores["cfid"],
+                        f"confidence{suffix}": scores["confidence"]})
         return {**out, "temperature": self.config["temperature"]}
 
     # ---- pictures ---------------------------------------------------------------------
@@ -267,13 +268,13 @@ class VAETask(ImageTask):
 
     def traverse(self, n: int):
         """One row per informative unit, most informative on top, swept from -3 to +3
-        while the others stay at 0; inactive units (KL < 0.01 nats) are left out."""
+        while the others keep the values of one random code (seeded), so every row starts
+        from the same digit; inactive units (KL < 0.01 nats) are left out."""
         latent = self.config["latent"]
         units = self.units_by_information()[:max(1, n // TRAVERSE_STEPS)]
-        values = torch.linspace(-3, 3, TRAVERSE_STEPS)
-        z = torch.zeros(len(units), TRAVERSE_STEPS, latent)
+        z = torch.randn(latent).repeat(len(units), TRAVERSE_STEPS, 1)
         for row, j in enumerate(units):
-            z[row, :, j] = values
+            z[row, :, j] = torch.linspace(-3, 3, TRAVERSE_STEPS)
         return self.decode_standard(z.view(-1, latent)), TRAVERSE_STEPS
 
     def test_digits(self, count: int, label=None):
