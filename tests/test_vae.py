@@ -228,6 +228,8 @@ def test_recon_shows_test_digits_above_reconstructions(trained):
     task = load_task(trained["cvae"])
     images, per_row = grid(task, 16, grid="recon", label=4)
     assert per_row == 4 and len(images) == 16
+    odd, per_row = grid(task, 32, grid="recon")
+    assert per_row == 6 and len(odd) == 24  # whole pairs of rows only
     originals, recons = images.view(2, 2, 4, 784)[:, 0], images.view(2, 2, 4, 784)[:, 1]
     pixels = originals * 255
     assert torch.allclose(pixels, pixels.round(), atol=1e-3)  # real digits, uint8 levels

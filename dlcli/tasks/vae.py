@@ -309,8 +309,10 @@ class VAETask(ImageTask):
         return torch.cat(rows), per_row
 
     def recon_grid(self, n: int, label=None):
+        """Whole pairs of rows: about n images, half of them test digits."""
         per_row = max(1, math.ceil(math.sqrt(n)))
-        x, y = self.test_digits(max(1, n // 2), label)
+        pairs = max(1, n // (2 * per_row))
+        x, y = self.test_digits(pairs * per_row, label)
         return self.pair_rows(x, y, per_row)
 
     def interpolations(self, n: int, label=None):
