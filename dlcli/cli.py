@@ -127,7 +127,8 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with dataset subfolders."),
     data: List[Path] = typer.Option([], "--data", help="Your own parallel text: FILE.tsv, or "
                                     "--data SRC --data TGT (transformer)."),
-    precision: str = typer.Option("32", "--precision", help="32, bf16 or 16-mixed (CUDA)."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="32, bf16, 16-mixed (CUDA) or auto; default: the preset's, else 32."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node",
                                        help="Data-parallel processes (launches torchrun)."),

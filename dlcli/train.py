@@ -245,17 +245,31 @@ def _follow(task, start_epoch: int, skip: int, d: Dist, autocast) -> None:
     return None
 
 
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """--precision (or a preset's `precision` key): 32; bf16 (autocast to bfloat16);
+    16-mixed (float16, CUDA only); auto = bf16 where the hardware multiplies bfloat16
+    natively (CPUs with AMX or AVX512-BF16, recent GPUs), else 32. Weights, optimizer
+    state and every evaluation stay in float32."""
+    precision = str(precision)
+    if precision == "auto":
+        if device.type == "cuda":
+            native = torch.cuda.is_bf16_supported()
+        else:
+            native = device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return "bf16" if native else "32"
+    if precision not in ("32", "bf16", "16-mixed"):
+        raise DlcliError(f"unknown precision {precision!r}; choose one of: auto, 32, bf16, 16-mixed")
+    if precision == "16-mixed" and device.type != "cuda":
+        raise DlcliError("precision 16-mixed needs a CUDA device; use bf16 on CPU")
+    return precision
+
+
 def _autocast(device: torch.device, precision: str):
-    """--precision: 32 (off), bf16 (autocast to bfloat16), 16-mixed (float16, CUDA only)."""
-    if precision == "32":
-        return contextlib.nullcontext()
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if precision == "16-mixed":
-        if device.type != "cuda":
-            raise DlcliError("--precision 16-mixed needs a CUDA device; use bf16 on CPU")
         return torch.autocast("cuda", dtype=torch.float16)
-    raise DlcliError(f"unknown --precision {precision!r}; choose one of: 32, bf16, 16-mixed")
+    return contextlib.nullcontext()
 
 
 def compile_modules(modules: dict) -> None:
@@ -323,13 +337,13 @@ def plot_metrics(run_dir: Path) -> None:
 
 
 def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=None,
-          resume_path=None, precision: str = "32", compile: bool = False) -> Path | None:
+          resume_path=None, precision: str | None = None, compile: bool = False) -> Path | None:
     """Build the task, claim the run folder (rank 0), and fit. Returns the checkpoint path
     (None on ranks other than 0)."""
     from dlcli.runs import new_run_dir
 
     dev = pick_device(device)
-    _autocast(dev, precision)  # validate before any work
+    precision = resolve_precision(dev, precision or config.get("precision", "32"))
     d = distributed.init_from_env(dev)
     dev = distributed.local_device(dev, d)
     if not d.main:
@@ -341,8 +355,9 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
     if compile:
         compile_modules(task.modules)
     where = f", {d.world} processes" if d.active else ""
+    mixed = f", precision {precision}" if precision != "32" else ""
     notice(f"{spec.name} on {config['dataset']} ({getattr(task, 'data_source', '')}), "
-           f"device {dev}{where}")
+           f"device {dev}{where}{mixed}")
     folder = None
     if d.main:
         if resume is not None and run_dir is None:
