@@ -68,8 +68,8 @@ def greedy(model, src, max_len: int, alpha: float) -> list[list[Hypothesis]]:
 @torch.no_grad()
 def beam_search(model, src, beam: int, max_len: int, alpha: float, n_best: int = 1):
     """Keep the `beam` best partial translations of each sentence. A hypothesis that emits
-    EOS leaves the beam with its length-normalised score; a sentence is finished when
-    `beam` hypotheses have left."""
+    EOS leaves the beam with its length-normalised score; a sentence is finished when it
+    has `beam` such hypotheses and no live one can still beat the worst of them."""
     batch, k = src.shape[0], beam
     memory, src_mask = model.encode(src)
     memory, src_mask = memory.repeat_interleave(k, 0), src_mask.repeat_interleave(k, 0)
@@ -78,6 +78,7 @@ def beam_search(model, src, beam: int, max_len: int, alpha: float, n_best: int =
     scores = torch.full((batch, k), float("-inf"), device=src.device)
     scores[:, 0] = 0.0  # all beams start as the same empty hypothesis: keep one
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    done = [False] * batch
     rows = torch.arange(batch, device=src.device)[:, None] * k
     for step in range(max_len):
         logp = next_log_probs(model, tokens, memory, src_mask, cache, step)
@@ -88,20 +89,27 @@ def beam_search(model, src, beam: int, max_len: int, alpha: float, n_best: int =
         ended = (token == text.EOS) & torch.isfinite(top_scores)
         ended[:, k:] = False  # only an EOS among the k best counts
         for b, r in ended.nonzero().tolist():
-            if len(finished[b]) < k:
-                ids = tokens[rows[b, 0] + origin[b, r], 1:].tolist()
-                finished[b].append(Hypothesis(
-                    top_scores[b, r].item() / length_penalty(len(ids) + 1, alpha), ids))
+            ids = tokens[rows[b, 0] + origin[b, r], 1:].tolist()
+            finished[b].append(Hypothesis(
+                top_scores[b, r].item() / length_penalty(len(ids) + 1, alpha), ids))
         live = top_scores.masked_fill(token == text.EOS, float("-inf"))
         scores, pick = live.topk(k, dim=1)
+        best_live = scores.max(1).values.tolist()
         for b in range(batch):
-            if len(finished[b]) >= k:
-                scores[b] = float("-inf")  # this sentence is done: stop extending it
+            hyps = finished[b]
+            if done[b] or len(hyps) < k:
+                continue
+            hyps.sort(key=lambda h: -h.score)
+            del hyps[k:]
+            # raw log-probabilities only fall as a hypothesis grows: this is its best
+            if best_live[b] / length_penalty(step + 2, alpha) <= hyps[-1].score:
+                done[b] = True
+        if all(done):
+            break
+        scores[torch.tensor(done, device=src.device)] = float("-inf")  # stop extending them
         index = (rows + origin.gather(1, pick)).view(-1)
         tokens = torch.cat([tokens[index], token.gather(1, pick).view(-1, 1)], 1)
         model.reorder_cache(cache, index)
-        if not torch.isfinite(scores).any():
-            break
     out = []
     for b in range(batch):
         hyps = finished[b]

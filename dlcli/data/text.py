@@ -32,6 +32,8 @@ class Corpus:
 
 
 # ---- numbers: digits -> English words, generated ---------------------------------------
+# "66,417" -> "sixty-six thousand four hundred seventeen". The thousands separator is what a
+# reader relies on too: it tells which digit is a hundred without counting from the end.
 
 ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
         "fourteen fifteen sixteen seventeen eighteen nineteen").split()
@@ -63,7 +65,7 @@ def numbers_corpus(train_size: int, val_size: int = 500, test_size: int = 1000) 
     rng.shuffle(values)
     cuts = {"test": values[:test_size], "val": values[test_size:test_size + val_size],
             "train": values[test_size + val_size:]}
-    splits = {k: ([str(n) for n in v], [number_words(n) for n in v]) for k, v in cuts.items()}
+    splits = {k: ([f"{n:,}" for n in v], [number_words(n) for n in v]) for k, v in cuts.items()}
     return Corpus("numbers", splits, f"generated, {train_size:,} training pairs")
 
 
