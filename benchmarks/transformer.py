@@ -45,10 +45,12 @@ class TorchTransformer(nn.Module):
         self.generator = nn.Linear(d_model, vocab, bias=False)
 
     def embed(self, table, tokens):
-        return self.dropout(table(tokens) * math.sqrt(self.d_model) + self.positions[:tokens.shape[1]])
+        x = table(tokens) * math.sqrt(self.d_model)
+        return self.dropout(x + self.positions[:tokens.shape[1]])
 
     def loss(self, src, tgt_in, tgt_out, label_smoothing=0.0):
-        causal = nn.Transformer.generate_square_subsequent_mask(tgt_in.shape[1])
+        t = tgt_in.shape[1]  # boolean masks throughout (True = masked), as torch expects
+        causal = torch.ones(t, t, dtype=torch.bool).triu(1)
         src_pad, tgt_pad = src == text.PAD, tgt_in == text.PAD
         h = self.transformer(self.embed(self.src_embed, src), self.embed(self.tgt_embed, tgt_in),
                              tgt_mask=causal, src_key_padding_mask=src_pad,
@@ -126,7 +128,8 @@ def decode(args):
     from dlcli.registry import get_spec
 
     spec = get_spec("transformer")
-    task = spec.load_task().from_checkpoint(spec, load_checkpoint(args.checkpoint), torch.device("cpu"))
+    ckpt = load_checkpoint(args.checkpoint)
+    task = spec.load_task().from_checkpoint(spec, ckpt, torch.device("cpu"))
     translator = task.translator()
     model = translator.model
     lines = text._read_text(Path(args.source))[:args.sentences]
@@ -157,7 +160,8 @@ def decode(args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     t = sub.add_parser("throughput")
     t.add_argument("--rounds", type=int, default=5)

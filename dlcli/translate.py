@@ -117,7 +117,8 @@ def beam_search(model, src, beam: int, max_len: int, alpha: float, n_best: int =
             for j in range(k):
                 if torch.isfinite(scores[b, j]):
                     ids = tokens[rows[b, 0] + j, 1:].tolist()
-                    hyps.append(Hypothesis(scores[b, j].item() / length_penalty(len(ids), alpha), ids))
+                    score = scores[b, j].item() / length_penalty(len(ids), alpha)
+                    hyps.append(Hypothesis(score, ids))
         out.append(sorted(hyps, key=lambda h: -h.score)[:n_best])
     return out
 
@@ -127,11 +128,12 @@ class Translator:
         self.model, self.tokenizer, self.alpha = model, tokenizer, alpha
         self.max_source = model.max_positions - 1
 
-    def encode_sources(self, sentences: list[str], first_line: int = 1) -> list[list[int]]:
+    def encode_sources(self, sentences: list[str], line_numbers=None) -> list[list[int]]:
         rows = []
         for i, ids in enumerate(text.encode(self.tokenizer, sentences)):
             if len(ids) > self.max_source - 1:
-                warn(f"line {first_line + i}: {len(ids)} tokens, more than the model's "
+                line = line_numbers[i] if line_numbers else i + 1
+                warn(f"line {line}: {len(ids)} tokens, more than the model's "
                      f"{self.max_source - 1}; translating the first {self.max_source - 1}")
                 ids = ids[:self.max_source - 1]
             rows.append(ids + [text.EOS])
@@ -144,7 +146,7 @@ class Translator:
         self.model.eval()
         results: list[list[Hypothesis]] = [[Hypothesis(0.0, [])] * n_best for _ in sentences]
         todo = [i for i, s in enumerate(sentences) if s.strip()]
-        rows = self.encode_sources([sentences[i] for i in todo], first_line)
+        rows = self.encode_sources([sentences[i] for i in todo], [first_line + i for i in todo])
         order = sorted(range(len(todo)), key=lambda j: len(rows[j]))
         device = next(self.model.parameters()).device
         start = 0
@@ -188,7 +190,8 @@ class Translator:
             attn.keep_weights, attn.weights = False, None
 
 
-def plot_attention(weights: torch.Tensor, src_tokens: list[str], tgt_tokens: list[str], path) -> None:
+def plot_attention(weights: torch.Tensor, src_tokens: list[str], tgt_tokens: list[str],
+                   path) -> None:
     """A heatmap per head and their average: source tokens across, target tokens down."""
     import matplotlib
 
@@ -197,7 +200,8 @@ def plot_attention(weights: torch.Tensor, src_tokens: list[str], tgt_tokens: lis
 
     from dlcli.checkpoint import atomic_write
 
-    panels = [("average of heads", weights.mean(0))] + [(f"head {h + 1}", w) for h, w in enumerate(weights)]
+    panels = [("average of heads", weights.mean(0))]
+    panels += [(f"head {h + 1}", w) for h, w in enumerate(weights)]
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
     scale = 0.3 + 0.25 * max(len(src_tokens), len(tgt_tokens)) / 4

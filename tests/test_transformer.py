@@ -20,7 +20,8 @@ def tiny_model(vocab=20, tie=True, **kw):
 def test_positional_encoding_values():
     pe = sinusoidal_positions(50, 16)
     assert pe.shape == (50, 16)
-    assert torch.allclose(pe[0, 0::2], torch.zeros(8)) and torch.allclose(pe[0, 1::2], torch.ones(8))
+    assert torch.allclose(pe[0, 0::2], torch.zeros(8))
+    assert torch.allclose(pe[0, 1::2], torch.ones(8))
     for pos, i in [(1, 0), (7, 3), (49, 7), (20, 5)]:
         angle = pos / 10000 ** (2 * i / 16)
         assert pe[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)

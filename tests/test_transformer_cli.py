@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 
 import pytest
-
-from tests.conftest import ROOT, run_cli
+from conftest import ROOT, run_cli
 
 TINY = ["--set", "train_size=300", "--set", "d_model=16", "--set", "heads=2",
         "--set", "encoder_layers=1", "--set", "decoder_layers=1", "--set", "d_ff=32",
@@ -30,7 +30,8 @@ def test_training_writes_checkpoints_and_an_average(tiny):
     folder, ckpt = tiny
     run = folder / "run"
     assert ckpt.endswith(".safetensors")
-    assert sorted(p.name for p in run.glob("epoch-*")) == ["epoch-001.safetensors", "epoch-002.safetensors"]
+    epochs = sorted(p.name for p in run.glob("epoch-*"))
+    assert epochs == ["epoch-001.safetensors", "epoch-002.safetensors"]
     assert (run / "averaged.safetensors").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
@@ -76,8 +77,6 @@ def test_translate_streams_line_by_line(tiny):
     """An interactive user gets each answer before typing (or closing) the next line."""
     folder, ckpt = tiny
     env = {"PYTHONPATH": str(ROOT), "DLCLI_OFFLINE": "1"}
-    import os
-
     proc = subprocess.Popen([sys.executable, "-m", "dlcli", "translate", "--checkpoint", ckpt],
                             cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env={**os.environ, **env})

@@ -15,7 +15,8 @@ from torch import nn
 
 
 class MultiHeadAttention(nn.Module):
-    """MultiHead(Q, K, V) = Concat(head_1..head_h) W_O, head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i).
+    """MultiHead(Q, K, V) = Concat(head_1..head_h) W_O,
+    head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i).
 
     The per-head projections are stored as one D x D matrix each (packed into one matmul:
     Q, K and V for self-attention, K and V for cross-attention), then split into heads."""
@@ -86,7 +87,8 @@ class FeedForward(nn.Module):
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     """PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(pos / 10000^(2i/D))."""
     pos = torch.arange(length, dtype=torch.float32)[:, None]
-    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float32)
+    inv_freq = torch.exp(-math.log(10000.0) * two_i / d_model)
     pe = torch.zeros(length, d_model)
     pe[:, 0::2] = torch.sin(pos * inv_freq)
     pe[:, 1::2] = torch.cos(pos * inv_freq)
@@ -99,7 +101,8 @@ class Residual(nn.Module):
 
     def __init__(self, d_model: int, dropout: float, pre_norm: bool):
         super().__init__()
-        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(d_model), nn.Dropout(dropout), pre_norm
+        self.norm, self.dropout = nn.LayerNorm(d_model), nn.Dropout(dropout)
+        self.pre_norm = pre_norm
 
     def forward(self, x, sublayer):
         if self.pre_norm:
@@ -135,7 +138,8 @@ class DecoderLayer(nn.Module):
         # Target padding sits after the real tokens, so the causal mask alone keeps real
         # positions from seeing it; no target padding mask is needed.
         y = self.res1(y, lambda h: self.self_attn(h, causal=True, cache=cache.get("self")))
-        y = self.res2(y, lambda h: self.cross_attn(h, memory, mask=src_mask, cache=cache.get("cross")))
+        y = self.res2(y, lambda h: self.cross_attn(h, memory, mask=src_mask,
+                                                   cache=cache.get("cross")))
         return self.res3(y, self.ffn)
 
 
@@ -149,7 +153,8 @@ class Transformer(nn.Module):
         self.src_embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.tgt_embed = self.src_embed if tie_embeddings else nn.Embedding(vocab_size, d_model,
                                                                            padding_idx=pad_id)
-        self.register_buffer("positions", sinusoidal_positions(max_positions, d_model), persistent=False)
+        self.register_buffer("positions", sinusoidal_positions(max_positions, d_model),
+                             persistent=False)
         self.dropout = nn.Dropout(dropout)
         self.encoder = nn.ModuleList(EncoderLayer(d_model, heads, d_ff, dropout, pre_norm)
                                      for _ in range(encoder_layers))

@@ -43,7 +43,8 @@ class EncodedSplit:
 
     def __init__(self, tokenizer, sources, targets, max_len: int, device):
         src = [ids[:max_len - 1] + [text.EOS] for ids in text.encode(tokenizer, sources)]
-        tgt = [[text.BOS] + ids[:max_len - 1] + [text.EOS] for ids in text.encode(tokenizer, targets)]
+        tgt = [[text.BOS] + ids[:max_len - 1] + [text.EOS]
+               for ids in text.encode(tokenizer, targets)]
         self.src_len = torch.tensor([len(r) for r in src])
         self.tgt_len = torch.tensor([len(r) for r in tgt])
         self.src = pad_rows(src, int(self.src_len.max())).to(device)
@@ -118,7 +119,8 @@ class Seq2SeqTask(Task):
         self.modules = {"model": self.model}
         opt = torch.optim.Adam(self.model.parameters(), lr=c["lr"], betas=(0.9, 0.98), eps=1e-9)
         self.optimizers = {"model": opt}
-        self.schedulers = {"model": torch.optim.lr_scheduler.LambdaLR(opt, NoamSchedule(c["warmup"]))}
+        noam = torch.optim.lr_scheduler.LambdaLR(opt, NoamSchedule(c["warmup"]))
+        self.schedulers = {"model": noam}
 
     def checkpoint_extra(self) -> dict[str, str]:
         return {"tokenizer": self.tokenizer.to_str()}
@@ -152,7 +154,8 @@ class Seq2SeqTask(Task):
 
     def eval_batches(self, name: str) -> TokenBatches:
         split = self.split(name)
-        return TokenBatches(split, token_batches(split, self.config["batch_size"], length_sorted(split)))
+        batches = token_batches(split, self.config["batch_size"], length_sorted(split))
+        return TokenBatches(split, batches)
 
     def batch_items(self, batch) -> int:
         src, tgt = batch
