@@ -63,11 +63,22 @@ def test_empty_stdin_gives_no_output(tiny):
     assert proc.stdout == b""
 
 
+def translate_here(*texts, **options) -> list[str]:
+    """run_translate in this process (the subprocess tests above cover the command line)."""
+    from dlcli.registry import get_spec
+    from dlcli.translate import run_translate
+
+    lines = []
+    options = {"beam": 1, "max_len": None, "n_best": 1, "attention": None, "device": "cpu",
+               **options}
+    run_translate(get_spec("transformer"), list(texts) or None, out=lines.append, **options)
+    return lines
+
+
 def test_n_best_prints_index_score_text(tiny):
     folder, ckpt = tiny
-    proc = run_cli("translate", "12", "3,001", "--checkpoint", ckpt, "--beam", "3", "--n-best", "2",
-                   cwd=folder, check=0)
-    rows = [line.split("\t") for line in proc.stdout.splitlines()]
+    lines = translate_here("12", "3,001", checkpoint=folder / ckpt, beam=3, n_best=2)
+    rows = [line.split("\t") for line in lines]
     assert [r[0] for r in rows] == ["0", "0", "1", "1"]
     assert all(len(r) == 3 and float(r[1]) <= 0 for r in rows)
     assert float(rows[0][1]) >= float(rows[1][1])
@@ -94,12 +105,11 @@ def test_translate_streams_line_by_line(tiny):
     assert proc.returncode == 0
 
 
-def test_attention_heatmap(tiny):
+def test_attention_heatmap(tiny, tmp_path):
     folder, ckpt = tiny
-    proc = run_cli("translate", "1,234", "--checkpoint", ckpt, "--attention", "attn.png",
-                   cwd=folder, check=0)
-    assert len(proc.stdout.splitlines()) == 1
-    assert (folder / "attn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = translate_here("1,234", checkpoint=folder / ckpt, attention=tmp_path / "attn.png")
+    assert len(lines) == 1
+    assert (tmp_path / "attn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_reports_translation_metrics(tiny):
@@ -116,13 +126,14 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     import torch
 
     from dlcli.checkpoint import save_checkpoint
+    from dlcli.errors import DlcliError
 
     save_checkpoint(tmp_path / "cnn.safetensors", model="cnn", config={},
                     modules={"model": torch.nn.Linear(2, 2)})
-    proc = run_cli("translate", "hallo", "--checkpoint", "cnn.safetensors", cwd=tmp_path)
-    assert proc.returncode == 2 and "cnn" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("translate", "hallo", cwd=tmp_path)  # no runs at all
-    assert proc.returncode == 2 and "dlcli train transformer" in proc.stderr
+    with pytest.raises(DlcliError, match="cnn checkpoint"):
+        translate_here("hallo", checkpoint=tmp_path / "cnn.safetensors")
+    with pytest.raises(DlcliError, match="dlcli train transformer"):
+        translate_here("hallo", checkpoint=None)  # no runs here at all
 
 
 def test_own_tsv_corpus_trains(tmp_path):
@@ -130,9 +141,14 @@ def test_own_tsv_corpus_trains(tmp_path):
     (tmp_path / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
     proc = run_cli("train", "transformer", "--data", "pairs.tsv", *TINY[:-6], "--epochs", "1",
                    "--set", "vocab_size=60", cwd=tmp_path, check=0)
-    ckpt = proc.stdout.strip().splitlines()[-1]
-    out = run_cli("translate", "3 Hund", "--checkpoint", ckpt, cwd=tmp_path, check=0)
-    assert len(out.stdout.splitlines()) == 1
+    assert proc.stdout.strip().splitlines()[-1].endswith(".safetensors")
+    assert "pairs.tsv" in proc.stderr  # the data source is named in the log
+
+
+def test_malformed_tsv_is_a_clear_error(tmp_path):
+    from dlcli.data.text import user_corpus
+    from dlcli.errors import DlcliError
+
     (tmp_path / "bad.tsv").write_text("one\ttwo\nthree\n")
-    proc = run_cli("train", "transformer", "--data", "bad.tsv", cwd=tmp_path)
-    assert proc.returncode == 2 and "line 2" in proc.stderr
+    with pytest.raises(DlcliError, match="line 2"):
+        user_corpus([str(tmp_path / "bad.tsv")], 10, 0)
