@@ -11,6 +11,15 @@ from dlcli.data import text
 from dlcli.models.transformer import Transformer, sinusoidal_positions
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread (on a crowded 2-core machine, thread barriers cost most)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_model(vocab=20, tie=True, **kw):
     torch.manual_seed(0)
     return Transformer(vocab, d_model=32, heads=4, encoder_layers=2, decoder_layers=2, d_ff=64,
@@ -156,7 +165,8 @@ def test_average_is_the_mean_of_the_weights(tmp_path):
 def test_misaligned_corpus_names_both_counts(cli, tmp_path):
     (tmp_path / "a.de").write_text("eins\nzwei\ndrei\n")
     (tmp_path / "b.en").write_text("one\ntwo\n")
-    proc = cli("train", "transformer", "--data", "a.de", "--data", "b.en", cwd=tmp_path)
+    proc = cli("train", "transformer", "--data", "a.de", "--data", "b.en", cwd=tmp_path,
+               env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2
     assert "3" in proc.stderr and "2" in proc.stderr and "a.de" in proc.stderr
     assert "Traceback" not in proc.stderr

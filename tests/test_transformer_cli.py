@@ -11,17 +11,31 @@ import threading
 import pytest
 from conftest import ROOT, run_cli
 
+# Tiny models gain nothing from a second thread, and on a crowded 2-core machine thread
+# barriers make them many times slower: one thread each, in and out of process.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 TINY = ["--set", "train_size=300", "--set", "d_model=16", "--set", "heads=2",
         "--set", "encoder_layers=1", "--set", "decoder_layers=1", "--set", "d_ff=32",
         "--set", "val_translate=false", "--set", "beam=1", "--set", "max_len=24",
         "--set", "keep_epochs=2", "--epochs", "2", "--seed", "0"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A two-epoch numbers model (it translates badly, but it translates)."""
     folder = tmp_path_factory.mktemp("tiny")
-    proc = run_cli("train", "transformer", *TINY, "--run-dir", folder / "run", cwd=folder, check=0)
+    proc = run_cli("train", "transformer", *TINY, "--run-dir", folder / "run", cwd=folder,
+                   check=0, env=ONE_THREAD)
     ckpt = proc.stdout.strip().splitlines()[-1]
     return folder, ckpt
 
@@ -43,7 +57,7 @@ def test_one_line_in_one_line_out(tiny):
     lines = [b"1,234", b"", b"42", b"7 \xff\xfe not utf-8", b" ".join([b"9"] * 60),
              "☃ 东京".encode(), b"", b"12"]
     proc = run_cli("translate", "--checkpoint", ckpt, "--beam", "1", cwd=folder,
-                   input=b"\n".join(lines) + b"\n", check=0)
+                   input=b"\n".join(lines) + b"\n", check=0, env=ONE_THREAD)
     out = proc.stdout.decode().split("\n")
     assert out[-1] == "" and len(out) - 1 == len(lines)
     assert out[1] == "" and out[6] == ""  # an empty line stays empty
@@ -53,13 +67,14 @@ def test_one_line_in_one_line_out(tiny):
     assert "line 5" in err and "first" in err  # the over-long line is truncated, not fatal
     # no newline after the last line, and beam search: still one line each
     proc = run_cli("translate", "--checkpoint", ckpt, "--beam", "3", cwd=folder,
-                   input=b"5\n\n6", check=0)
+                   input=b"5\n\n6", check=0, env=ONE_THREAD)
     assert proc.stdout.decode().split("\n")[1] == "" and proc.stdout.decode().count("\n") == 3
 
 
 def test_empty_stdin_gives_no_output(tiny):
     folder, ckpt = tiny
-    proc = run_cli("translate", "--checkpoint", ckpt, cwd=folder, input=b"", check=0)
+    proc = run_cli("translate", "--checkpoint", ckpt, cwd=folder, input=b"", check=0,
+                   env=ONE_THREAD)
     assert proc.stdout == b""
 
 
@@ -87,7 +102,7 @@ def test_n_best_prints_index_score_text(tiny):
 def test_translate_streams_line_by_line(tiny):
     """An interactive user gets each answer before typing (or closing) the next line."""
     folder, ckpt = tiny
-    env = {"PYTHONPATH": str(ROOT), "DLCLI_OFFLINE": "1"}
+    env = {"PYTHONPATH": str(ROOT), "DLCLI_OFFLINE": "1", **ONE_THREAD}
     proc = subprocess.Popen([sys.executable, "-m", "dlcli", "translate", "--checkpoint", ckpt],
                             cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env={**os.environ, **env})
@@ -114,7 +129,7 @@ def test_attention_heatmap(tiny, tmp_path):
 
 def test_evaluate_reports_translation_metrics(tiny):
     folder, ckpt = tiny
-    proc = run_cli("evaluate", ckpt, "--json", cwd=folder, check=0)
+    proc = run_cli("evaluate", ckpt, "--json", cwd=folder, check=0, env=ONE_THREAD)
     metrics = json.loads(proc.stdout)
     for key in ("loss", "ppl", "bleu", "chrf", "exact_match", "bleu_lowercase"):
         assert isinstance(metrics[key], float)
@@ -140,7 +155,7 @@ def test_own_tsv_corpus_trains(tmp_path):
     pairs = [(f"{i} Hund", f"{i} dog") for i in range(40)] + [("Katze", "cat")] * 5
     (tmp_path / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
     proc = run_cli("train", "transformer", "--data", "pairs.tsv", *TINY[:-6], "--epochs", "1",
-                   "--set", "vocab_size=60", cwd=tmp_path, check=0)
+                   "--set", "vocab_size=60", cwd=tmp_path, check=0, env=ONE_THREAD)
     assert proc.stdout.strip().splitlines()[-1].endswith(".safetensors")
     assert "pairs.tsv" in proc.stderr  # the data source is named in the log
 
