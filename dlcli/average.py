@@ -1,0 +1,57 @@
+"""`dlcli average`: the element-wise mean of the weights of several checkpoints of one
+model (the last N epochs, say), as fairseq and OpenNMT offer. Works for any model family:
+the architecture is the checkpoints' own; the metadata (config, tokenizer) is the last one's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dlcli.checkpoint import load_checkpoint, save_checkpoint
+from dlcli.errors import DlcliError
+
+STANDARD_KEYS = {"format", "model", "dlcli_version", "config", "epoch", "step", "metrics",
+                 "modules", "state"}
+
+
+class _Weights:
+    """A state dict that save_checkpoint can store like a module's."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return self.state
+
+
+def average_checkpoints(paths, output) -> Path:
+    ckpts = [load_checkpoint(p) for p in paths]
+    last = ckpts[-1]
+    for c in ckpts[:-1]:
+        if c.model != last.model:
+            raise DlcliError(f"cannot average a {c.model} checkpoint ({c.path}) with a "
+                             f"{last.model} one ({last.path})")
+    modules = {}
+    for name in last.module_names():
+        reference = last.state_dict(name)
+        summed = {}
+        for c in ckpts:
+            state = c.state_dict(name)
+            if state.keys() != reference.keys() or any(
+                    state[k].shape != reference[k].shape for k in reference):
+                raise DlcliError(f"{c.path} and {last.path} hold different architectures; "
+                                 "only checkpoints of one training setup can be averaged")
+            for key, tensor in state.items():
+                summed[key] = summed.get(key, 0) + tensor.double()
+        modules[name] = _Weights({
+            # integer buffers (BatchNorm's batch counter) are counts, not weights: keep the last
+            key: (value / len(ckpts)).to(reference[key].dtype)
+            if reference[key].is_floating_point() else reference[key]
+            for key, value in summed.items()})
+    extra = {k: v for k, v in last.meta.items() if k not in STANDARD_KEYS}
+    extra["averaged_from"] = json.dumps([str(c.path) for c in ckpts])
+    metrics = {"averaged_checkpoints": len(ckpts)}
+    return save_checkpoint(output, model=last.model, config=last.config, modules=modules,
+                           epoch=last.epoch, step=last.step, metrics=metrics, extra=extra)
+

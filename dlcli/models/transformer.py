@@ -1,0 +1,221 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al., 2017).
+
+Read top to bottom: attention, the feed-forward network, positions, one encoder layer,
+one decoder layer, then the whole model. Shapes: B batch, S source length, T target
+length, D model width, H heads. Masks are booleans where True means "may attend".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1..head_h) W_O,
+    head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i).
+
+    The per-head projections are stored as one D x D matrix each (packed into one matmul:
+    Q, K and V for self-attention, K and V for cross-attention), then split into heads."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float, cross: bool = False):
+        super().__init__()
+        assert d_model % heads == 0, "d_model must be divisible by heads"
+        self.heads, self.dropout, self.cross = heads, dropout, cross
+        if cross:
+            self.query = nn.Linear(d_model, d_model)
+            self.key_value = nn.Linear(d_model, 2 * d_model)
+        else:
+            self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.keep_weights = False  # set to record attention weights (for --attention plots)
+        self.weights = None
+
+    def split_heads(self, x):  # (B, L, D) -> (B, H, L, D/H)
+        b, length, d = x.shape
+        return x.view(b, length, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(self, x, memory=None, mask=None, causal=False, cache=None):
+        """x: (B, T, D). memory: (B, S, D) for cross-attention. cache: a dict that keeps
+        keys/values between decoding steps (self-attention appends, cross computes once)."""
+        if self.cross:
+            q = self.split_heads(self.query(x))
+            if cache is not None and "k" in cache:
+                k, v = cache["k"], cache["v"]
+            else:
+                k, v = map(self.split_heads, self.key_value(memory).chunk(2, dim=-1))
+                if cache is not None:
+                    cache["k"], cache["v"] = k, v
+        else:
+            q, k, v = map(self.split_heads, self.qkv(x).chunk(3, dim=-1))
+            if cache is not None:
+                if "k" in cache:  # one new position: it may see every earlier one
+                    k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+                    causal = False
+                cache["k"], cache["v"] = k, v
+        if self.keep_weights:
+            self.weights = self.attention_weights(q, k, mask)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        b, h, t, dh = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, h * dh))  # merge the heads
+
+    @staticmethod
+    def attention_weights(q, k, mask):
+        """softmax(Q K^T / sqrt(d_k)) spelled out, only for plotting: (B, H, T, S)."""
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(-1)
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = max(0, x W1 + b1) W2 + b2, applied to each position alike."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.w1, self.w2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.w2(self.dropout(F.relu(self.w1(x))))
+
+
+def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(pos / 10000^(2i/D))."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float32)
+    inv_freq = torch.exp(-math.log(10000.0) * two_i / d_model)
+    pe = torch.zeros(length, d_model)
+    pe[:, 0::2] = torch.sin(pos * inv_freq)
+    pe[:, 1::2] = torch.cos(pos * inv_freq)
+    return pe
+
+
+class Residual(nn.Module):
+    """LayerNorm(x + Dropout(Sublayer(x))) as in the paper (post-norm), or
+    x + Dropout(Sublayer(LayerNorm(x))) (pre-norm, steadier for deep or fast-trained models)."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.norm, self.dropout = nn.LayerNorm(d_model), nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x, sublayer):
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model, heads, d_ff, dropout, pre_norm):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout)
+        self.ffn = FeedForward(d_model, d_ff, dropout)
+        self.res1, self.res2 = (Residual(d_model, dropout, pre_norm) for _ in range(2))
+
+    def forward(self, x, src_mask):
+        x = self.res1(x, lambda h: self.self_attn(h, mask=src_mask))
+        return self.res2(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention (a position sees only earlier ones), attention over the
+    encoder output, then the feed-forward network."""
+
+    def __init__(self, d_model, heads, d_ff, dropout, pre_norm):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout)
+        self.cross_attn = MultiHeadAttention(d_model, heads, dropout, cross=True)
+        self.ffn = FeedForward(d_model, d_ff, dropout)
+        self.res1, self.res2, self.res3 = (Residual(d_model, dropout, pre_norm) for _ in range(3))
+
+    def forward(self, y, memory, src_mask, cache=None):
+        cache = cache if cache is not None else {}
+        # Target padding sits after the real tokens, so the causal mask alone keeps real
+        # positions from seeing it; no target padding mask is needed.
+        y = self.res1(y, lambda h: self.self_attn(h, causal=True, cache=cache.get("self")))
+        y = self.res2(y, lambda h: self.cross_attn(h, memory, mask=src_mask,
+                                                   cache=cache.get("cross")))
+        return self.res3(y, self.ffn)
+
+
+class Transformer(nn.Module):
+    def __init__(self, vocab_size: int, d_model: int = 256, heads: int = 8,
+                 encoder_layers: int = 3, decoder_layers: int = 3, d_ff: int = 1024,
+                 dropout: float = 0.1, tie_embeddings: bool = True, pre_norm: bool = False,
+                 max_positions: int = 256, pad_id: int = 0):
+        super().__init__()
+        self.d_model, self.pad_id, self.max_positions = d_model, pad_id, max_positions
+        self.src_embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.tgt_embed = self.src_embed if tie_embeddings else nn.Embedding(vocab_size, d_model,
+                                                                           padding_idx=pad_id)
+        self.register_buffer("positions", sinusoidal_positions(max_positions, d_model),
+                             persistent=False)
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(d_model, heads, d_ff, dropout, pre_norm)
+                                     for _ in range(encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(d_model, heads, d_ff, dropout, pre_norm)
+                                     for _ in range(decoder_layers))
+        # Pre-norm stacks end with a LayerNorm (their residual stream is never normalised).
+        self.enc_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
+        self.dec_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
+        self.generator = nn.Linear(d_model, vocab_size, bias=False)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        # Embeddings are scaled by sqrt(D) on the way in, so they start at 1/sqrt(D).
+        for emb in {self.src_embed, self.tgt_embed}:
+            nn.init.normal_(emb.weight, std=d_model ** -0.5)
+            emb.weight.data[pad_id] = 0
+        if tie_embeddings:  # the paper shares one matrix: source, target and pre-softmax
+            self.generator.weight = self.tgt_embed.weight
+
+    def embed(self, table, tokens, offset: int = 0):
+        x = table(tokens) * math.sqrt(self.d_model)
+        return self.dropout(x + self.positions[offset:offset + tokens.shape[1]])
+
+    def source_mask(self, src):  # (B, 1, 1, S): every query may see the real source tokens
+        return (src != self.pad_id)[:, None, None, :]
+
+    def encode(self, src):
+        mask = self.source_mask(src)
+        x = self.embed(self.src_embed, src)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return self.enc_norm(x), mask
+
+    def decode(self, tgt_in, memory, src_mask, cache=None, offset: int = 0):
+        """Decoder states (B, T, D) for target inputs; with a cache, only the new positions."""
+        y = self.embed(self.tgt_embed, tgt_in, offset)
+        for i, layer in enumerate(self.decoder):
+            y = layer(y, memory, src_mask, cache[i] if cache is not None else None)
+        return self.dec_norm(y)
+
+    def forward(self, src, tgt_in):
+        """Logits (B, T, V) of the next target token at every position."""
+        memory, src_mask = self.encode(src)
+        return self.generator(self.decode(tgt_in, memory, src_mask))
+
+    def loss(self, src, tgt_in, tgt_out, label_smoothing: float = 0.0):
+        """Mean cross-entropy per target token; the vocabulary projection runs only on
+        real (non-padding) positions."""
+        memory, src_mask = self.encode(src)
+        states = self.decode(tgt_in, memory, src_mask)
+        real = tgt_out != self.pad_id
+        logits = self.generator(states[real])
+        return F.cross_entropy(logits, tgt_out[real], label_smoothing=label_smoothing)
+
+    def new_cache(self) -> list[dict]:
+        return [{"self": {}, "cross": {}} for _ in self.decoder]
+
+    @staticmethod
+    def reorder_cache(cache: list[dict], index: torch.Tensor) -> None:
+        """Keep the cache rows of `index` (beam search follows the surviving hypotheses)."""
+        for layer in cache:
+            for part in layer.values():
+                for key in part:
+                    part[key] = part[key].index_select(0, index)

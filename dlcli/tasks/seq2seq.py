@@ -1,0 +1,240 @@
+"""Sequence-to-sequence: the Transformer on parallel text (numbers, Multi30k, own files).
+
+Batches hold about `batch_size` tokens (source + target, padding included): sentences of
+similar length are bucketed together, so padding stays small. The learning rate follows
+the paper's warm-up schedule, scaled so that it peaks at `lr` after `warmup` steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from dlcli.console import notice
+from dlcli.data import text
+from dlcli.data.batches import epoch_permutation
+from dlcli.errors import DlcliError
+from dlcli.tasks.base import Task
+
+
+class NoamSchedule:
+    """lr factor min(t / warmup, sqrt(warmup / t)): linear warm-up, then 1/sqrt(step)."""
+
+    def __init__(self, warmup: int):
+        self.warmup = max(1, warmup)
+
+    def __call__(self, step: int) -> float:
+        t = step + 1
+        return min(t / self.warmup, math.sqrt(self.warmup / t))
+
+
+def pad_rows(rows: list[list[int]], length: int) -> torch.Tensor:
+    out = torch.full((len(rows), length), text.PAD, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+class EncodedSplit:
+    """One split as two padded id tensors: source (ids, EOS) and target (BOS, ids, EOS)."""
+
+    def __init__(self, tokenizer, sources, targets, max_len: int, device):
+        src = [ids[:max_len - 1] + [text.EOS] for ids in text.encode(tokenizer, sources)]
+        tgt = [[text.BOS] + ids[:max_len - 1] + [text.EOS]
+               for ids in text.encode(tokenizer, targets)]
+        self.src_len = torch.tensor([len(r) for r in src])
+        self.tgt_len = torch.tensor([len(r) for r in tgt])
+        self.src = pad_rows(src, int(self.src_len.max())).to(device)
+        self.tgt = pad_rows(tgt, int(self.tgt_len.max())).to(device)
+        self.sources, self.targets = sources, targets
+
+    def __len__(self) -> int:
+        return len(self.src_len)
+
+    def batch(self, index: torch.Tensor):
+        s, t = int(self.src_len[index].max()), int(self.tgt_len[index].max())
+        index = index.to(self.src.device)
+        return self.src[index, :s], self.tgt[index, :t]
+
+
+def token_batches(split: EncodedSplit, max_tokens: int, order: torch.Tensor) -> list[torch.Tensor]:
+    """Cut `order` (sorted by length) into batches whose padded size fits `max_tokens`."""
+    batches, start, s_max, t_max = [], 0, 0, 0
+    src_len, tgt_len = split.src_len.tolist(), split.tgt_len.tolist()
+    order_list = order.tolist()
+    for i, row in enumerate(order_list):
+        s, t = max(s_max, src_len[row]), max(t_max, tgt_len[row])
+        if i > start and (i - start + 1) * (s + t) > max_tokens:
+            batches.append(order[start:i])
+            start, s, t = i, src_len[row], tgt_len[row]
+        s_max, t_max = s, t
+    if start < len(order_list):
+        batches.append(order[start:])
+    return batches
+
+
+class TokenBatches(Sequence):
+    def __init__(self, split: EncodedSplit, batches: list[torch.Tensor]):
+        self.split, self.batches = split, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        return self.split.batch(self.batches[i])
+
+
+def length_sorted(split: EncodedSplit, shuffle: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices sorted by (source, target) length; ties in the order of `shuffle`."""
+    order = shuffle if shuffle is not None else torch.arange(len(split))
+    key = split.src_len[order] * 10_000 + split.tgt_len[order]
+    return order[torch.sort(key, stable=True).indices]
+
+
+class Seq2SeqTask(Task):
+    item_name = "tok"
+    monitor = "val_loss"
+
+    # ---- model, tokenizer, optimizer -------------------------------------------------
+    def build(self) -> None:
+        from dlcli.models.transformer import Transformer
+
+        c = self.config
+        self.corpus = None
+        if "tokenizer" in self.meta:
+            self.tokenizer = text.tokenizer_from_json(self.meta["tokenizer"])
+        else:
+            self.corpus = text.load_corpus(c, self.data_dir)
+            sources, targets = self.corpus.splits["train"]
+            self.tokenizer = text.train_tokenizer(sources + targets, c["vocab_size"])
+        self.model = Transformer(
+            self.tokenizer.get_vocab_size(), d_model=c["d_model"], heads=c["heads"],
+            encoder_layers=c["encoder_layers"], decoder_layers=c["decoder_layers"],
+            d_ff=c["d_ff"], dropout=c["dropout"], tie_embeddings=c["tie_embeddings"],
+            pre_norm=c["pre_norm"], max_positions=c["max_len"] + 1, pad_id=text.PAD,
+        ).to(self.device)
+        self.modules = {"model": self.model}
+        opt = torch.optim.Adam(self.model.parameters(), lr=c["lr"], betas=(0.9, 0.98), eps=1e-9)
+        self.optimizers = {"model": opt}
+        noam = torch.optim.lr_scheduler.LambdaLR(opt, NoamSchedule(c["warmup"]))
+        self.schedulers = {"model": noam}
+
+    def checkpoint_extra(self) -> dict[str, str]:
+        return {"tokenizer": self.tokenizer.to_str()}
+
+    def translator(self):
+        from dlcli.translate import Translator
+
+        return Translator(self.model, self.tokenizer, self.config["length_penalty"])
+
+    # ---- data ----------------------------------------------------------------------
+    def setup_data(self) -> None:
+        if self.corpus is None:
+            self.corpus = text.load_corpus(self.config, self.data_dir)
+        self.data_source = f"{self.corpus.source}; vocabulary {self.tokenizer.get_vocab_size():,}"
+        self.splits = {}
+
+    def split(self, name: str) -> EncodedSplit:
+        if name not in self.splits:
+            sources, targets = self.corpus.splits[name]
+            self.splits[name] = EncodedSplit(self.tokenizer, sources, targets,
+                                             self.config["max_len"], self.device)
+        return self.splits[name]
+
+    def train_batches(self, epoch: int):
+        train = self.split("train")
+        seed = self.config["seed"]
+        order = length_sorted(train, epoch_permutation(len(train), seed, epoch))
+        batches = token_batches(train, self.config["batch_size"], order)
+        shuffle = epoch_permutation(len(batches), seed + 1, epoch)  # buckets in random order
+        return TokenBatches(train, [batches[i] for i in shuffle.tolist()])
+
+    def eval_batches(self, name: str) -> TokenBatches:
+        split = self.split(name)
+        batches = token_batches(split, self.config["batch_size"], length_sorted(split))
+        return TokenBatches(split, batches)
+
+    def batch_items(self, batch) -> int:
+        src, tgt = batch
+        return int((src != text.PAD).sum() + (tgt[:, 1:] != text.PAD).sum())
+
+    # ---- training ------------------------------------------------------------------
+    def train_step(self, batch) -> dict[str, float]:
+        src, tgt = batch
+        loss = self.model.loss(src, tgt[:, :-1], tgt[:, 1:], self.config["label_smoothing"])
+        opt = self.optimizers["model"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config["clip_norm"] > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["clip_norm"])
+        opt.step()
+        self.schedulers["model"].step()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def loss_on(self, name: str) -> dict[str, float]:
+        """Per-token cross-entropy without label smoothing, and its perplexity."""
+        total, tokens = 0.0, 0
+        for src, tgt in self.eval_batches(name):
+            n = int((tgt[:, 1:] != text.PAD).sum())
+            total += self.model.loss(src, tgt[:, :-1], tgt[:, 1:]).item() * n
+            tokens += n
+        loss = total / max(tokens, 1)
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
+
+    def scores(self, name: str, beam: int) -> dict[str, float]:
+        """Translate a split and score it: sacreBLEU and chrF (detokenized, cased), the
+        lowercased BLEU (how published Multi30k figures are reported) and exact match."""
+        import sacrebleu
+
+        sources, references = self.corpus.splits[name]
+        hyps = [h[0].text for h in self.translator().translate(sources, beam=beam)]
+        bleu = sacrebleu.corpus_bleu(hyps, [references]).score
+        bleu_lc = sacrebleu.corpus_bleu(hyps, [references], lowercase=True).score
+        chrf = sacrebleu.corpus_chrf(hyps, [references]).score
+        exact = sum(h == r.strip() for h, r in zip(hyps, references)) / max(len(references), 1)
+        self.last_example = (sources[0], hyps[0])
+        return {"bleu": bleu, "chrf": chrf, "bleu_lowercase": bleu_lc, "exact_match": exact}
+
+    def validate(self) -> dict[str, float]:
+        out = {f"val_{k}": v for k, v in self.loss_on("val").items()}
+        if self.config["val_translate"]:
+            scores = self.scores("val", beam=1)
+            out.update(val_bleu=scores["bleu"], val_exact_match=scores["exact_match"])
+        return out
+
+    def end_of_epoch(self, epoch: int, run_dir: Path) -> None:
+        if getattr(self, "last_example", None):
+            notice(f"  {self.last_example[0]}  ->  {self.last_example[1]}")
+        keep = self.config["keep_epochs"]
+        if keep < 1:
+            return
+        from dlcli.checkpoint import save_checkpoint
+
+        path = run_dir / f"epoch-{epoch:03d}.safetensors"
+        save_checkpoint(path, model=self.spec.name, config=self.config, modules=self.modules,
+                        epoch=epoch, extra=self.checkpoint_extra())
+        kept = sorted(run_dir.glob("epoch-*.safetensors"))
+        for old in kept[:-keep]:
+            old.unlink()
+        if epoch == self.config["epochs"] and len(kept[-keep:]) > 1:
+            from dlcli.average import average_checkpoints
+
+            target = run_dir / "averaged.safetensors"
+            average_checkpoints(kept[-keep:], target)
+            notice(f"averaged the last {len(kept[-keep:])} epochs into {target}")
+
+    # ---- evaluation ----------------------------------------------------------------
+    def evaluate(self, **options) -> dict:
+        try:
+            self.setup_data()
+        except DlcliError as e:
+            raise DlcliError(f"evaluate needs the training corpus: {e}") from None
+        self.train_mode(False)
+        loss = self.loss_on("test")
+        beam = self.config["beam"]
+        return {**loss, **self.scores("test", beam), "beam": beam,
+                "sentences": len(self.corpus.splits["test"][0])}

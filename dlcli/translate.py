@@ -1,0 +1,320 @@
+"""`dlcli translate`: decoding (greedy and beam search) and line-by-line streaming.
+
+Both decoders run a whole batch of sentences at once and keep each decoder layer's
+keys and values in a cache, so every step feeds only the newest token through the
+decoder. Sentences are sorted by length before batching and put back in order after.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from dlcli.console import warn
+from dlcli.data import text
+from dlcli.errors import DlcliError
+
+BATCH_TOKENS = 6000  # source tokens x beam per decoding batch
+MAX_BATCH = 200  # sentences per batch
+
+
+@dataclass
+class Hypothesis:
+    score: float  # log-probability / length penalty
+    ids: list[int]
+    text: str = ""
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's ((5 + |Y|) / 6)^alpha: without it beam search prefers short outputs."""
+    return ((5 + length) / 6) ** alpha
+
+
+def next_log_probs(model, tokens, memory, src_mask, cache, step: int) -> torch.Tensor:
+    """log p(next token) for the newest position of each row; never PAD or BOS."""
+    states = model.decode(tokens[:, -1:], memory, src_mask, cache, offset=step)
+    logp = model.generator(states[:, -1]).float().log_softmax(-1)
+    logp[:, [text.PAD, text.BOS]] = float("-inf")
+    return logp
+
+
+@torch.no_grad()
+def greedy(model, src, max_len: int, alpha: float) -> list[list[Hypothesis]]:
+    memory, src_mask = model.encode(src)
+    batch = src.shape[0]
+    cache = model.new_cache()
+    tokens = torch.full((batch, 1), text.BOS, dtype=torch.long, device=src.device)
+    total = torch.zeros(batch, device=src.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=src.device)
+    for step in range(max_len):
+        best, nxt = next_log_probs(model, tokens, memory, src_mask, cache, step).max(-1)
+        total += best.masked_fill(done, 0.0)
+        nxt = nxt.masked_fill(done, text.PAD)
+        tokens = torch.cat([tokens, nxt[:, None]], 1)
+        done |= nxt == text.EOS
+        if done.all():
+            break
+    out = []
+    for row, score in zip(tokens[:, 1:].tolist(), total.tolist()):
+        ids = row[:row.index(text.EOS)] if text.EOS in row else [t for t in row if t != text.PAD]
+        out.append([Hypothesis(score / length_penalty(len(ids) + 1, alpha), ids)])
+    return out
+
+
+@torch.no_grad()
+def beam_search(model, src, beam: int, max_len: int, alpha: float, n_best: int = 1):
+    """Keep the `beam` best partial translations of each sentence. A hypothesis that emits
+    EOS leaves the beam with its length-normalised score; a sentence is finished when it
+    has `beam` such hypotheses and no live one can still beat the worst of them."""
+    batch, k = src.shape[0], beam
+    memory, src_mask = model.encode(src)
+    memory, src_mask = memory.repeat_interleave(k, 0), src_mask.repeat_interleave(k, 0)
+    cache = model.new_cache()
+    tokens = torch.full((batch * k, 1), text.BOS, dtype=torch.long, device=src.device)
+    scores = torch.full((batch, k), float("-inf"), device=src.device)
+    scores[:, 0] = 0.0  # all beams start as the same empty hypothesis: keep one
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    rows = torch.arange(batch, device=src.device)[:, None] * k
+    for step in range(max_len):
+        logp = next_log_probs(model, tokens, memory, src_mask, cache, step)
+        vocab = logp.shape[1]
+        candidates = (scores.view(-1, 1) + logp).view(batch, k * vocab)
+        top_scores, top_index = candidates.topk(2 * k, dim=1)
+        origin, token = top_index // vocab, top_index % vocab
+        ended = (token == text.EOS) & torch.isfinite(top_scores)
+        ended[:, k:] = False  # only an EOS among the k best counts
+        for b, r in ended.nonzero().tolist():
+            ids = tokens[rows[b, 0] + origin[b, r], 1:].tolist()
+            finished[b].append(Hypothesis(
+                top_scores[b, r].item() / length_penalty(len(ids) + 1, alpha), ids))
+        live = top_scores.masked_fill(token == text.EOS, float("-inf"))
+        scores, pick = live.topk(k, dim=1)
+        best_live = scores.max(1).values.tolist()
+        for b in range(batch):
+            hyps = finished[b]
+            if done[b] or len(hyps) < k:
+                continue
+            hyps.sort(key=lambda h: -h.score)
+            del hyps[k:]
+            # raw log-probabilities only fall as a hypothesis grows: this is its best
+            if best_live[b] / length_penalty(step + 2, alpha) <= hyps[-1].score:
+                done[b] = True
+        if all(done):
+            break
+        scores[torch.tensor(done, device=src.device)] = float("-inf")  # stop extending them
+        index = (rows + origin.gather(1, pick)).view(-1)
+        tokens = torch.cat([tokens[index], token.gather(1, pick).view(-1, 1)], 1)
+        model.reorder_cache(cache, index)
+    out = []
+    for b in range(batch):
+        hyps = finished[b]
+        if len(hyps) < n_best:  # ran out of length: the live hypotheses count too
+            for j in range(k):
+                if torch.isfinite(scores[b, j]):
+                    ids = tokens[rows[b, 0] + j, 1:].tolist()
+                    score = scores[b, j].item() / length_penalty(len(ids), alpha)
+                    hyps.append(Hypothesis(score, ids))
+        out.append(sorted(hyps, key=lambda h: -h.score)[:n_best])
+    return out
+
+
+class Translator:
+    def __init__(self, model, tokenizer, alpha: float = 0.6):
+        self.model, self.tokenizer, self.alpha = model, tokenizer, alpha
+        self.max_source = model.max_positions - 1
+
+    def encode_sources(self, sentences: list[str], line_numbers=None) -> list[list[int]]:
+        rows = []
+        for i, ids in enumerate(text.encode(self.tokenizer, sentences)):
+            if len(ids) > self.max_source - 1:
+                line = line_numbers[i] if line_numbers else i + 1
+                warn(f"line {line}: {len(ids)} tokens, more than the model's "
+                     f"{self.max_source - 1}; translating the first {self.max_source - 1}")
+                ids = ids[:self.max_source - 1]
+            rows.append(ids + [text.EOS])
+        return rows
+
+    @torch.no_grad()
+    def translate(self, sentences: list[str], beam: int = 1, max_len: int | None = None,
+                  n_best: int = 1, first_line: int = 1) -> list[list[Hypothesis]]:
+        """n_best hypotheses per sentence, in input order; an empty sentence stays empty."""
+        self.model.eval()
+        results: list[list[Hypothesis]] = [[Hypothesis(0.0, [])] * n_best for _ in sentences]
+        todo = [i for i, s in enumerate(sentences) if s.strip()]
+        rows = self.encode_sources([sentences[i] for i in todo], [first_line + i for i in todo])
+        order = sorted(range(len(todo)), key=lambda j: len(rows[j]))
+        device = next(self.model.parameters()).device
+        start = 0
+        while start < len(order):
+            end = start + 1  # grow the batch while its padded size fits
+            while (end < len(order) and end - start < MAX_BATCH
+                   and (end - start + 1) * len(rows[order[end]]) * beam <= BATCH_TOKENS):
+                end += 1
+            chunk = order[start:end]
+            src = torch.full((len(chunk), len(rows[chunk[-1]])), text.PAD, dtype=torch.long)
+            for r, j in enumerate(chunk):
+                src[r, :len(rows[j])] = torch.tensor(rows[j])
+            limit = max_len or int(1.5 * src.shape[1]) + 10
+            limit = min(limit, self.model.max_positions - 1)
+            src = src.to(device)
+            if beam == 1:
+                found = greedy(self.model, src, limit, self.alpha)
+            else:
+                found = beam_search(self.model, src, beam, limit, self.alpha, n_best)
+            for j, hyps in zip(chunk, found):
+                for h in hyps:
+                    h.text = text.decode(self.tokenizer, [h.ids])[0]
+                results[todo[j]] = hyps
+            start = end
+        return results
+
+    @torch.no_grad()
+    def cross_attention(self, sentence: str, hyp: Hypothesis) -> torch.Tensor:
+        """Cross-attention of the last decoder layer, (heads, target, source), for one
+        sentence and its translation (teacher-forced)."""
+        device = next(self.model.parameters()).device
+        src = torch.tensor([self.encode_sources([sentence])[0]], device=device)
+        tgt_in = torch.tensor([[text.BOS] + hyp.ids], device=device)
+        attn = self.model.decoder[-1].cross_attn
+        attn.keep_weights = True
+        try:
+            memory, mask = self.model.encode(src)
+            self.model.decode(tgt_in, memory, mask)
+            return attn.weights[0].float().cpu()
+        finally:
+            attn.keep_weights, attn.weights = False, None
+
+
+def plot_attention(weights: torch.Tensor, src_tokens: list[str], tgt_tokens: list[str],
+                   path) -> None:
+    """A heatmap per head and their average: source tokens across, target tokens down."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dlcli.checkpoint import atomic_write
+
+    panels = [("average of heads", weights.mean(0))]
+    panels += [(f"head {h + 1}", w) for h, w in enumerate(weights)]
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    scale = 0.3 + 0.25 * max(len(src_tokens), len(tgt_tokens)) / 4
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * scale * 1.6 + 1, rows * scale * 1.4 + 1),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, w) in zip(axes.flat, panels):
+        ax.axis("on")
+        ax.imshow(w.numpy(), cmap="viridis", vmin=0, aspect="auto")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(len(src_tokens)), src_tokens, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(tgt_tokens)), tgt_tokens, fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+# ---- reading stdin --------------------------------------------------------------------
+
+def stdin_batches(stream=None, max_lines: int = MAX_BATCH):
+    """Lists of lines from stdin: all the complete lines already there, without waiting
+    for more, so a pipeline streams and an interactive user gets each line answered."""
+    stream = stream or sys.stdin.buffer
+    try:
+        fd = stream.fileno()
+        select.select([fd], [], [], 0)
+    except (OSError, ValueError, AttributeError):  # not a selectable file: read it all
+        lines = stream.read().splitlines()
+        for i in range(0, len(lines), max_lines):
+            yield lines[i:i + max_lines]
+        return
+    pending, eof = b"", False
+    while not eof:
+        chunk = os.read(fd, 1 << 16)  # blocks until something arrives
+        eof = not chunk
+        pending += chunk
+        while not eof and pending.count(b"\n") < max_lines and select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 1 << 16)
+            eof = not chunk
+            pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if eof and pending:  # a last line without a newline
+            lines.append(pending)
+        for i in range(0, len(lines), max_lines):
+            yield lines[i:i + max_lines]
+
+
+class LineDecoder:
+    """bytes -> str, replacing invalid UTF-8 and warning about it once."""
+
+    def __init__(self):
+        self.warned = False
+
+    def __call__(self, raw: bytes, number: int) -> str:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("utf-8", errors="replace")
+            if not self.warned:
+                warn(f"line {number}: bytes that are not UTF-8 replaced by U+FFFD "
+                     "(further such lines are not reported)")
+                self.warned = True
+        return line.rstrip("\r")
+
+
+# ---- the command ----------------------------------------------------------------------
+
+def run_translate(spec, texts, *, checkpoint=None, beam: int = 4, max_len=None, n_best: int = 1,
+                  attention=None, device: str = "auto", out=print) -> None:
+    from dlcli.checkpoint import load_checkpoint
+    from dlcli.runs import resolve_checkpoint
+    from dlcli.train import pick_device
+
+    if attention is not None and (not texts or len(texts) != 1):
+        raise DlcliError("--attention draws one sentence: pass exactly one TEXT argument")
+    ckpt = load_checkpoint(resolve_checkpoint(spec.name, checkpoint), expect_model=spec.name)
+    task = spec.load_task().from_checkpoint(spec, ckpt, pick_device(device))
+    translator = task.translator()
+    torch.set_grad_enabled(False)
+
+    if texts:
+        batches = [[" ".join(t.splitlines()) for t in texts]]
+    else:
+        decode_line = LineDecoder()
+        batches = ([decode_line(raw, number + i + 1) for i, raw in enumerate(lines)]
+                   for number, lines in _numbered(stdin_batches()))
+    index = 0
+    for lines in batches:
+        results = translator.translate(lines, beam=beam, max_len=max_len, n_best=n_best,
+                                       first_line=index + 1)
+        for hyps in results:
+            if n_best == 1:
+                out(hyps[0].text)
+            else:
+                for h in (hyps + [Hypothesis(float("-inf"), [])] * n_best)[:n_best]:
+                    out(f"{index}\t{h.score:.4f}\t{h.text}")
+            index += 1
+    if attention is not None:
+        hyp = results[0][0]
+        weights = translator.cross_attention(lines[0], hyp)
+        tok = translator.tokenizer
+        src_tokens = [tok.id_to_token(i) for i in translator.encode_sources([lines[0]])[0]]
+        tgt_tokens = [tok.id_to_token(i) for i in hyp.ids + [text.EOS]]
+        plot_attention(weights, src_tokens, tgt_tokens, attention)
+        from dlcli.console import notice
+
+        notice(f"cross-attention heatmap: {attention}")
+
+
+def _numbered(batches):
+    """(lines before this batch, batch) pairs, for line numbers in warnings."""
+    seen = 0
+    for lines in batches:
+        yield seen, lines
+        seen += len(lines)

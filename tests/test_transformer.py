@@ -1,0 +1,172 @@
+"""The Transformer: masks, positions, cache, tokenizer, a copy task, checkpoints, corpora."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dlcli.data import text
+from dlcli.models.transformer import Transformer, sinusoidal_positions
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread (on a crowded 2-core machine, thread barriers cost most)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(vocab=20, tie=True, **kw):
+    torch.manual_seed(0)
+    return Transformer(vocab, d_model=32, heads=4, encoder_layers=2, decoder_layers=2, d_ff=64,
+                       dropout=0.0, tie_embeddings=tie, max_positions=64, **kw).eval()
+
+
+def test_positional_encoding_values():
+    pe = sinusoidal_positions(50, 16)
+    assert pe.shape == (50, 16)
+    assert torch.allclose(pe[0, 0::2], torch.zeros(8))
+    assert torch.allclose(pe[0, 1::2], torch.ones(8))
+    for pos, i in [(1, 0), (7, 3), (49, 7), (20, 5)]:
+        angle = pos / 10000 ** (2 * i / 16)
+        assert pe[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+        assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_future_tokens_cannot_change_earlier_outputs(pre_norm):
+    model = tiny_model(pre_norm=pre_norm)
+    src = torch.randint(4, 20, (3, 9))
+    tgt = torch.randint(4, 20, (3, 10))
+    changed = tgt.clone()
+    changed[:, 6:] = torch.randint(4, 20, (3, 4))
+    with torch.no_grad():
+        a, b = model(src, tgt), model(src, changed)
+    assert torch.allclose(a[:, :6], b[:, :6], atol=1e-5)
+    assert not torch.allclose(a[:, 6:], b[:, 6:], atol=1e-3)  # later ones do see them
+
+
+def test_source_padding_is_invisible():
+    model = tiny_model()
+    src = torch.randint(4, 20, (2, 7))
+    tgt = torch.randint(4, 20, (2, 5))
+    padded = torch.cat([src, torch.full((2, 4), text.PAD)], 1)
+    with torch.no_grad():
+        assert torch.allclose(model(src, tgt), model(padded, tgt), atol=1e-5)
+
+
+def test_cached_decoding_matches_full_decoder():
+    model = tiny_model()
+    src = torch.randint(4, 20, (2, 6))
+    tgt = torch.randint(4, 20, (2, 7))
+    with torch.no_grad():
+        full = model(src, tgt)
+        memory, mask = model.encode(src)
+        cache = model.new_cache()
+        steps = [model.generator(model.decode(tgt[:, t:t + 1], memory, mask, cache, offset=t))
+                 for t in range(tgt.shape[1])]
+    assert torch.allclose(full, torch.cat(steps, 1), atol=1e-5)
+
+
+def test_tokenizer_round_trip_is_clean():
+    sentences = ["A man, in a blue shirt, is standing on a ladder.",
+                 "Zwei Männer (im Freien) sagen: \"Hallo!\"", "It's 1,234 km -- isn't it?"] * 20
+    tok = text.train_tokenizer(sentences, 200)
+    ids = text.encode(tok, sentences[:3])
+    assert text.decode(tok, ids) == sentences[:3]  # no "@@", no space before punctuation
+    assert all(len(row) > 3 for row in ids)
+    restored = text.tokenizer_from_json(tok.to_str())
+    assert text.encode(restored, sentences[:3]) == ids
+    # a character never seen in training does not break decoding
+    assert text.decode(tok, text.encode(tok, ["a man ☃ stands"])) == ["a man stands"]
+
+
+def test_numbers_corpus_keeps_test_out_of_training():
+    corpus = text.numbers_corpus(3000, val_size=100, test_size=200)
+    train, test = corpus.splits["train"], corpus.splits["test"]
+    assert len(train[0]) == 3000 and len(test[0]) == 200
+    assert not set(train[0]) & set(test[0])
+    assert text.number_words(342017) == "three hundred forty-two thousand seventeen"
+    assert text.number_words(90) == "ninety" and text.number_words(100000) == "one hundred thousand"
+
+
+def test_tiny_model_learns_to_copy():
+    from dlcli.tasks.seq2seq import NoamSchedule
+    from dlcli.translate import beam_search, greedy
+
+    torch.manual_seed(0)
+    vocab = 14
+    model = Transformer(vocab, d_model=64, heads=4, encoder_layers=2, decoder_layers=2, d_ff=128,
+                        dropout=0.0, max_positions=16)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, NoamSchedule(50))
+
+    def batch(n):
+        body = torch.randint(4, vocab, (n, 6))
+        src = torch.cat([body, torch.full((n, 1), text.EOS)], 1)
+        tgt = torch.cat([torch.full((n, 1), text.BOS), src], 1)
+        return src, tgt
+
+    for _ in range(300):
+        src, tgt = batch(64)
+        loss = model.loss(src, tgt[:, :-1], tgt[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    src, _ = batch(100)
+    want = src[:, :-1].tolist()
+    got = [h[0].ids for h in greedy(model, src, 10, 0.6)]
+    assert sum(g == w for g, w in zip(got, want)) >= 95
+    got = [h[0].ids for h in beam_search(model, src, 3, 10, 0.6)]
+    assert sum(g == w for g, w in zip(got, want)) >= 95
+
+
+def test_tied_embedding_checkpoint_round_trip(tmp_path):
+    from dlcli.checkpoint import load_checkpoint, save_checkpoint
+
+    model = tiny_model(tie=True)
+    assert model.generator.weight is model.src_embed.weight is model.tgt_embed.weight
+    with torch.no_grad():
+        model.generator.weight.add_(0.5)  # one matrix: every use of it changes
+    path = save_checkpoint(tmp_path / "tied.safetensors", model="transformer", config={},
+                           modules={"model": model})
+    fresh = tiny_model(tie=True)
+    load_checkpoint(path).load_into({"model": fresh})
+    assert fresh.generator.weight is fresh.src_embed.weight
+    assert torch.equal(fresh.src_embed.weight, model.src_embed.weight)
+    src, tgt = torch.randint(4, 20, (2, 5)), torch.randint(4, 20, (2, 4))
+    with torch.no_grad():
+        assert torch.equal(fresh(src, tgt), model(src, tgt))
+
+
+def test_average_is_the_mean_of_the_weights(tmp_path):
+    from dlcli.average import average_checkpoints
+    from dlcli.checkpoint import load_checkpoint, save_checkpoint
+
+    paths = []
+    for i in range(3):
+        torch.manual_seed(i)
+        m = torch.nn.Linear(3, 2)
+        paths.append(save_checkpoint(tmp_path / f"{i}.safetensors", model="mlp", config={"i": i},
+                                     modules={"model": m}, extra={"note": str(i)}))
+    out = average_checkpoints(paths, tmp_path / "avg.safetensors")
+    avg = load_checkpoint(out)
+    weights = [load_checkpoint(p).state_dict("model")["weight"] for p in paths]
+    assert torch.allclose(avg.state_dict("model")["weight"], sum(weights) / 3)
+    assert avg.model == "mlp" and avg.meta["note"] == "2" and avg.config == {"i": 2}
+
+
+def test_misaligned_corpus_names_both_counts(cli, tmp_path):
+    (tmp_path / "a.de").write_text("eins\nzwei\ndrei\n")
+    (tmp_path / "b.en").write_text("one\ntwo\n")
+    proc = cli("train", "transformer", "--data", "a.de", "--data", "b.en", cwd=tmp_path,
+               env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2
+    assert "3" in proc.stderr and "2" in proc.stderr and "a.de" in proc.stderr
+    assert "Traceback" not in proc.stderr
