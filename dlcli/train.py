@@ -128,6 +128,8 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
         atomic_write(run_dir / "config.yaml",
                      lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
     autocast = _autocast(task.device, precision)
+    if precision == "16-mixed":
+        task.scaler = torch.amp.GradScaler("cuda")
 
     start_epoch, skip, global_step, best = 0, 0, 0, None
     if resume is not None:

@@ -48,3 +48,15 @@ def mnist_dir():
     if not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("real MNIST not available at ../shared/data (the bundled subset is tested elsewhere)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a crowded machine thread
+    barriers make them many times slower: one torch thread in this process."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -115,3 +115,16 @@ def test_compile_falls_back_cleanly_when_the_backend_fails(monkeypatch, capsys):
 def test_compile_really_compiles():
     proc = run_cli("train", "mlp", "--dataset", "and", "--epochs", "1", "--compile", check=0)
     assert "uncompiled" not in proc.stderr
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="float16 mixed precision needs CUDA")
+def test_fp16_mixed_precision_on_cuda():
+    proc = run_cli("train", "mlp", "--dataset", "xor", "--precision", "16-mixed", "--device", "cuda",
+                   check=0)
+    metrics = json.loads(run_cli("evaluate", proc.stdout.strip(), "--json", check=0).stdout)
+    assert metrics["accuracy"] == 1.0
+
+
+def test_fp16_mixed_precision_refused_on_cpu():
+    proc = run_cli("train", "mlp", "--dataset", "xor", "--precision", "16-mixed", "--device", "cpu")
+    assert proc.returncode == 2 and "CUDA" in proc.stderr

@@ -6,9 +6,8 @@ import sys
 import textwrap
 
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT, run_cli
+from safetensors.torch import load_file
 
 SCRIPT = textwrap.dedent("""
     import os, sys

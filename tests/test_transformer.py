@@ -10,14 +10,7 @@ import torch
 from dlcli.data import text
 from dlcli.models.transformer import Transformer, sinusoidal_positions
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread (on a crowded 2-core machine, thread barriers cost most)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(vocab=20, tie=True, **kw):

@@ -20,14 +20,7 @@ TINY = ["--set", "train_size=300", "--set", "d_model=16", "--set", "heads=2",
         "--set", "keep_epochs=2", "--epochs", "2", "--seed", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

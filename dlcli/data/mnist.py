@@ -12,13 +12,13 @@ import gzip
 import hashlib
 import os
 import struct
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from dlcli.console import console, notice
+from dlcli.console import notice
+from dlcli.data.files import cache_dir, candidate_dirs, fetch, keep_verified, read_maybe_gzip
 from dlcli.errors import DlcliError
 
 FILES = {
@@ -81,16 +81,6 @@ def parse_idx(data: bytes, what: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(dims)
 
 
-def read_idx_bytes(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DlcliError(f"{path} is a broken gzip file ({e})") from None
-    return raw
-
-
 def _find(folder: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz"):
         if (folder / name).is_file():
@@ -105,7 +95,7 @@ def _load_folder(dataset: str, folder: Path, verify: bool = True) -> dict | None
         return None
     out = {}
     for key, path in paths.items():
-        data = read_idx_bytes(path)
+        data = read_maybe_gzip(path)
         expected = (SHA256.get(dataset) or {}).get(FILES[key])
         if verify and expected and hashlib.sha256(data).hexdigest() != expected:
             raise DlcliError(
@@ -119,63 +109,25 @@ def _load_folder(dataset: str, folder: Path, verify: bool = True) -> dict | None
     return out
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dlcli"
-
-
-def candidate_dirs(dataset: str, data_dir=None) -> list[tuple[str, Path]]:
-    out = []
-    for label, root in (("--data-dir", data_dir), ("$DLCLI_DATA_DIR", os.environ.get("DLCLI_DATA_DIR"))):
-        if root:
-            root = Path(root)
-            out += [(label, root / dataset), (label, root)]
-    out.append(("cache", cache_dir() / dataset))
-    return out
-
-
 def download(dataset: str, target: Path) -> bool:
     """Fetch the four files from the first mirror that answers; verify, then keep them."""
     for mirror in MIRRORS[dataset]:
         try:
-            fetched = {}
-            for stem in FILES.values():
-                fetched[stem] = _fetch(mirror + stem + ".gz", stem)
-            target.mkdir(parents=True, exist_ok=True)
+            fetched = {stem: fetch(mirror + stem + ".gz", stem) for stem in FILES.values()}
             for stem, blob in fetched.items():
-                data = gzip.decompress(blob)
-                expected = (SHA256.get(dataset) or {}).get(stem)
-                if expected and hashlib.sha256(data).hexdigest() != expected:
-                    raise DlcliError(f"downloaded {stem} fails its SHA-256 check")
-                parse_idx(data, stem)
-                tmp = target / f".{stem}.gz.part"
-                tmp.write_bytes(blob)
-                tmp.replace(target / f"{stem}.gz")
+                parse_idx(gzip.decompress(blob), stem)  # a well-formed IDX file, before keeping any
+            for stem, blob in fetched.items():
+                keep_verified(blob, target, stem, (SHA256.get(dataset) or {}).get(stem))
             return True
         except (OSError, EOFError) as e:
             notice(f"download from {mirror} failed: {e}")
     return False
 
 
-def _fetch(url: str, label: str) -> bytes:
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
-    with urllib.request.urlopen(url, timeout=20) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        chunks = []
-        with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
-                      console=console, transient=True) as progress:
-            bar = progress.add_task(f"download {label}", total=total)
-            while chunk := response.read(1 << 16):
-                chunks.append(chunk)
-                progress.advance(bar, len(chunk))
-    return b"".join(chunks)
-
-
 def _bundled() -> dict:
     out = {}
     for key, stem in FILES.items():
-        out[key] = parse_idx(read_idx_bytes(BUNDLED / f"mnist-subset-{stem}.gz"), stem)
+        out[key] = parse_idx(read_maybe_gzip(BUNDLED / f"mnist-subset-{stem}.gz"), stem)
     return out
 
 

@@ -9,8 +9,6 @@ decoding gives back the exact spacing: no "@@", no stray space before punctuatio
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -88,12 +86,9 @@ MULTI30K_SHA256 = {  # of the decompressed files
 
 
 def _read_text(path: Path) -> list[str]:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DlcliError(f"{path} is a broken gzip file ({e})") from None
+    from dlcli.data.files import read_maybe_gzip
+
+    raw = read_maybe_gzip(path)
     return raw.decode("utf-8", errors="replace").splitlines()
 
 
@@ -110,19 +105,14 @@ def _multi30k_folder(folder: Path, langs) -> dict | None:
 
 
 def _download_multi30k(target: Path, langs) -> bool:
-    from dlcli.data.mnist import _fetch
+    from dlcli.data.files import fetch, keep_verified
 
     try:
         for stem in MULTI30K_FILES.values():
             for lang in langs:
                 name = f"{stem}.{lang}"
-                blob = _fetch(MULTI30K_URL + name + ".gz", name)
-                if hashlib.sha256(gzip.decompress(blob)).hexdigest() != MULTI30K_SHA256[name]:
-                    raise DlcliError(f"downloaded {name} fails its SHA-256 check")
-                target.mkdir(parents=True, exist_ok=True)
-                tmp = target / f".{name}.gz.part"
-                tmp.write_bytes(blob)
-                tmp.replace(target / f"{name}.gz")
+                keep_verified(fetch(MULTI30K_URL + name + ".gz", name), target, name,
+                              MULTI30K_SHA256[name])
         return True
     except (OSError, EOFError) as e:
         notice(f"download of Multi30k failed: {e}")
@@ -130,7 +120,7 @@ def _download_multi30k(target: Path, langs) -> bool:
 
 
 def multi30k_corpus(src: str, tgt: str, data_dir=None) -> Corpus:
-    from dlcli.data.mnist import cache_dir, candidate_dirs
+    from dlcli.data.files import cache_dir, candidate_dirs
 
     for lang in (src, tgt):
         if lang not in MULTI30K_LANGS:

@@ -70,6 +70,28 @@ class Task:
         raise DlcliError(f"{self.spec.name} does not generate images")
 
     # ---- shared behaviour ---------------------------------------------------------
+    scaler = None  # a torch.amp.GradScaler under --precision 16-mixed, set by the loop
+
+    def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 clip_norm: float = 0.0) -> None:
+        """One optimizer step on `loss`: zero the gradients, backpropagate, clip the
+        gradient norm if asked, step. Under float16 mixed precision the loss is scaled so
+        small gradients do not underflow, and steps with inf/NaN gradients are skipped."""
+        optimizer.zero_grad(set_to_none=True)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if self.scaler is None:
+            loss.backward()
+            if clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        if clip_norm > 0:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
     def batch_items(self, batch) -> int:
         """How many items (images, tokens) a batch holds, for throughput."""
         return len(batch[0])
@@ -83,12 +105,17 @@ class Task:
             module.train(training)
 
     def training_state(self) -> dict:
-        return {
+        state = {
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
         }
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state
 
     def load_training_state(self, state: dict) -> None:
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         for key, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][key])
         for key, sched in self.schedulers.items():

@@ -73,10 +73,7 @@ class ClassifierTask(ImageTask):
             return {"errors": mistakes / len(y)}
         logits = self.model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.config.get("label_smoothing", 0.0))
-        opt = self.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimize(loss, self.optimizers["model"])
         self.schedule.after_step()
         return {"loss": loss.item()}
 

@@ -165,12 +165,7 @@ class Seq2SeqTask(Task):
     def train_step(self, batch) -> dict[str, float]:
         src, tgt = batch
         loss = self.model.loss(src, tgt[:, :-1], tgt[:, 1:], self.config["label_smoothing"])
-        opt = self.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config["clip_norm"] > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["clip_norm"])
-        opt.step()
+        self.optimize(loss, self.optimizers["model"], self.config["clip_norm"])
         self.schedulers["model"].step()
         return {"loss": loss.item()}
 

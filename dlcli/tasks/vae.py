@@ -75,10 +75,7 @@ class VAETask(ImageTask):
         recon = reconstruction_nats(logits.float(), x).mean()
         kl = self.model.kl(mu.float(), logvar.float(), y).sum(1).mean()
         loss = self.objective(recon, kl)
-        opt = self.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimize(loss, self.optimizers["model"])
         self.steps += 1
         recon, kl = recon.item(), kl.item()
         return {"loss": loss.item(), "nelbo": recon + kl, "recon": recon, "kl": kl}
