@@ -111,6 +111,7 @@ def _load_folder(dataset: str, folder: Path, verify: bool = True) -> dict | None
 
 def download(dataset: str, target: Path) -> bool:
     """Fetch the four files from the first mirror that answers; verify, then keep them."""
+    failures = []
     for mirror in MIRRORS[dataset]:
         try:
             fetched = {stem: fetch(mirror + stem + ".gz", stem) for stem in FILES.values()}
@@ -119,8 +120,9 @@ def download(dataset: str, target: Path) -> bool:
             for stem, blob in fetched.items():
                 keep_verified(blob, target, stem, (SHA256.get(dataset) or {}).get(stem))
             return True
-        except (OSError, EOFError) as e:
-            notice(f"download from {mirror} failed: {e}")
+        except (OSError, EOFError, DlcliError) as e:
+            failures.append(f"{mirror.split('/')[2]}: {getattr(e, 'reason', e)}")
+    notice(f"{dataset} download failed ({'; '.join(failures)})")
     return False
 
 
