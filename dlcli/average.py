@@ -8,21 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from dlcli.checkpoint import load_checkpoint, save_checkpoint
 from dlcli.errors import DlcliError
+from dlcli.registry import get_spec
 
 STANDARD_KEYS = {"format", "model", "dlcli_version", "config", "epoch", "step", "metrics",
-                 "modules", "state"}
-
-
-class _Weights:
-    """A state dict that save_checkpoint can store like a module's."""
-
-    def __init__(self, state: dict):
-        self.state = state
-
-    def state_dict(self) -> dict:
-        return self.state
+                 "modules", "parameters", "state"}
 
 
 def average_checkpoints(paths, output) -> Path:
@@ -44,14 +37,20 @@ def average_checkpoints(paths, output) -> Path:
                                  "only checkpoints of one training setup can be averaged")
             for key, tensor in state.items():
                 summed[key] = summed.get(key, 0) + tensor.double()
-        modules[name] = _Weights({
+        modules[name] = {
             # integer buffers (BatchNorm's batch counter) are counts, not weights: keep the last
             key: (value / len(ckpts)).to(reference[key].dtype)
             if reference[key].is_floating_point() else reference[key]
-            for key, value in summed.items()})
+            for key, value in summed.items()}
+    # Rebuild the model from the last checkpoint and give it the mean weights, so what is
+    # saved is a real module (parameter counts, tied weights) like any training checkpoint.
+    spec = get_spec(last.model)
+    task = spec.load_task().from_checkpoint(spec, last, torch.device("cpu"))
+    for name, module in task.modules.items():
+        module.load_state_dict(modules[name])
     extra = {k: v for k, v in last.meta.items() if k not in STANDARD_KEYS}
     extra["averaged_from"] = json.dumps([str(c.path) for c in ckpts])
     metrics = {"averaged_checkpoints": len(ckpts)}
-    return save_checkpoint(output, model=last.model, config=last.config, modules=modules,
+    return save_checkpoint(output, model=last.model, config=last.config, modules=task.modules,
                            epoch=last.epoch, step=last.step, metrics=metrics, extra=extra)
 

@@ -141,18 +141,23 @@ def test_tied_embedding_checkpoint_round_trip(tmp_path):
 def test_average_is_the_mean_of_the_weights(tmp_path):
     from dlcli.average import average_checkpoints
     from dlcli.checkpoint import load_checkpoint, save_checkpoint
+    from dlcli.config import resolve_config
+    from dlcli.models.mlp import MLP
 
+    config = resolve_config("mlp", None, ["hidden=[4]", "dataset=xor"])
     paths = []
     for i in range(3):
         torch.manual_seed(i)
-        m = torch.nn.Linear(3, 2)
-        paths.append(save_checkpoint(tmp_path / f"{i}.safetensors", model="mlp", config={"i": i},
-                                     modules={"model": m}, extra={"note": str(i)}))
+        m = MLP(2, [4], 2, batchnorm=True)
+        paths.append(save_checkpoint(tmp_path / f"{i}.safetensors", model="mlp",
+                                     config={**config, "seed": i}, modules={"model": m},
+                                     extra={"note": str(i)}))
     out = average_checkpoints(paths, tmp_path / "avg.safetensors")
     avg = load_checkpoint(out)
-    weights = [load_checkpoint(p).state_dict("model")["weight"] for p in paths]
-    assert torch.allclose(avg.state_dict("model")["weight"], sum(weights) / 3)
-    assert avg.model == "mlp" and avg.meta["note"] == "2" and avg.config == {"i": 2}
+    key = "hidden.0.weight"
+    weights = [load_checkpoint(p).state_dict("model")[key] for p in paths]
+    assert torch.allclose(avg.state_dict("model")[key], sum(weights) / 3)
+    assert avg.model == "mlp" and avg.meta["note"] == "2" and avg.config["seed"] == 2
 
 
 def test_misaligned_corpus_names_both_counts(cli, tmp_path):
