@@ -18,10 +18,14 @@ Prints a table to stdout (and JSON with --json). Runs in a few minutes on 2 CPU 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlcli.config import resolve_config  # noqa: E402
 from dlcli.registry import get_spec, list_models  # noqa: E402
-from dlcli.tasks.image import to_unit_float  # noqa: E402
 
 
 class PerSampleDataset(torch.utils.data.Dataset):
@@ -108,17 +111,25 @@ def bench_image_model(model: str, data_dir, seconds: float) -> dict:
     return row
 
 
-def bench_transformer(seconds: float) -> dict | None:
-    try:
-        import transformer as tbench  # benchmarks/transformer.py
-    except ImportError:
-        return None
-    if not hasattr(tbench, "side_by_side"):
-        return None
-    rates = tbench.side_by_side(seconds)
+def bench_transformer() -> dict:
+    import transformer as tbench  # benchmarks/transformer.py, beside this file
+
+    with contextlib.redirect_stdout(sys.stderr):  # its per-round lines are progress
+        rates = tbench.side_by_side()
     return {"model": "transformer", "unit": "tok/s", "dlcli": rates["dlcli"],
             "baseline": rates["baseline"], "ratio": rates["dlcli"] / rates["baseline"],
             "baseline_kind": "torch.nn.Transformer, same size and batches"}
+
+
+def train_peak_memory(model: str, data_dir, tmp: Path) -> float:
+    """Peak resident memory (MiB) of a whole `dlcli train MODEL --epochs 1` process."""
+    cmd = [sys.executable, "-m", "dlcli", "train", model, "--epochs", "1",
+           "--run-dir", str(tmp / model)]
+    if data_dir:
+        cmd += ["--data-dir", str(data_dir)]
+    subprocess.run(cmd, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -136,19 +147,18 @@ def main() -> None:
         spec = get_spec(name)
         t0 = time.perf_counter()
         if spec.family == "seq2seq":
-            row = bench_transformer(args.seconds)
+            row = bench_transformer()
         elif spec.name == "perceptron":
             continue  # no optimizer step to compare: the rule is a matrix update
         else:
             row = bench_image_model(name, args.data_dir, args.seconds)
-        if row is None:
-            print(f"{name}: skipped (no side-by-side benchmark available)", file=sys.stderr)
-            continue
         row["bench_seconds"] = time.perf_counter() - t0
         rows.append(row)
         print(f"{name}: {row['dlcli']:,.0f} vs {row['baseline']:,.0f} {row['unit']} "
               f"({row['ratio']:.2f}x)", file=sys.stderr)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        vae_mib = train_peak_memory("vae", args.data_dir, Path(tmp))
     header = f"{'model':<12}{'dlcli':>12}{'baseline':>12}{'ratio':>8}  {'unit':<6}{'sample img/s':>14}"
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
@@ -157,9 +167,11 @@ def main() -> None:
         sample = f"{r['sample_img_per_s']:>14,.0f}" if "sample_img_per_s" in r else f"{'':>14}"
         print(f"{r['model']:<12}{r['dlcli']:>12,.0f}{r['baseline']:>12,.0f}{r['ratio']:>7.2f}x  "
               f"{r['unit']:<6}{sample}")
-    print(f"peak memory of this process: {peak_mib:,.0f} MiB")
+    print(f"peak memory of this process: {peak_mib:,.0f} MiB; "
+          f"of `dlcli train vae --epochs 1`: {vae_mib:,.0f} MiB")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "peak_mib": peak_mib}, indent=2))
+        Path(args.json).write_text(json.dumps(
+            {"rows": rows, "peak_mib": peak_mib, "train_vae_peak_mib": vae_mib}, indent=2))
 
 
 if __name__ == "__main__":

@@ -116,10 +116,19 @@ def throughput(args):
     print(f"\nd_model {d}, {heads} heads, {layers}+{layers} layers, FFN {d_ff}, vocab {vocab}, "
           f"batch {args.batch} x ({args.min_len}-{args.max_len} + {args.min_len}-{args.max_len}) "
           f"tokens, {torch.get_num_threads()} thread(s)")
+    medians = {}
     for name, r in rates.items():
-        med = statistics.median(r)
-        print(f"{name:<26} {params[name]:>10,} params  median {med:>8,.0f} tok/s  "
-              f"ratio {med / base:.2f}")
+        medians[name] = statistics.median(r)
+        print(f"{name:<26} {params[name]:>10,} params  median {medians[name]:>8,.0f} tok/s  "
+              f"ratio {medians[name] / base:.2f}")
+    return medians
+
+
+def side_by_side(rounds: int = 3, steps: int = 3) -> dict:
+    """The throughput comparison at the default size, for benchmarks/suite.py."""
+    medians = throughput(parser().parse_args(["throughput", "--rounds", str(rounds),
+                                              "--steps", str(steps)]))
+    return {"dlcli": medians["dlcli"], "baseline": medians["torch.nn.Transformer"]}
 
 
 @torch.no_grad()
@@ -159,7 +168,7 @@ def decode(args):
     print(f"speed-up {slow / fast:.2f}x; identical outputs {same}/{len(lines)}")
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -179,7 +188,11 @@ def main():
     d.add_argument("checkpoint")
     d.add_argument("source")
     d.add_argument("--sentences", type=int, default=1000)
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = parser().parse_args()
     throughput(args) if args.what == "throughput" else decode(args)
 
 
