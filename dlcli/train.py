@@ -274,6 +274,15 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def use_cuda_fast_paths(modules: dict) -> None:
+    """On NVIDIA GPUs: TF32 matrix products, and channels-last memory for conv nets."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    for module in modules.values():
+        if any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in module.modules()):
+            module.to(memory_format=torch.channels_last)
+
+
 def compile_modules(modules: dict) -> None:
     """--compile: compile each module's forward in place, so state-dict keys stay plain
     (torch.compile's wrapper would prefix them with `_orig_mod.`). Compilation happens at
@@ -354,6 +363,8 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
     resume = load_checkpoint(resume_path, expect_model=spec.name) if resume_path else None
     task = spec.load_task()(spec, config, dev, data_dir, meta=resume.meta if resume else None)
     task.setup_data()
+    if dev.type == "cuda":
+        use_cuda_fast_paths(task.modules)
     if compile:
         compile_modules(task.modules)
     where = f", {d.world} processes" if d.active else ""
