@@ -270,6 +270,7 @@ class LineDecoder:
 
 # ---- the command ----------------------------------------------------------------------
 
+@torch.no_grad()
 def run_translate(spec, texts, *, checkpoint=None, beam: int = 4, max_len=None, n_best: int = 1,
                   attention=None, device: str = "auto", out=print) -> None:
     from dlcli.checkpoint import load_checkpoint
@@ -281,7 +282,6 @@ def run_translate(spec, texts, *, checkpoint=None, beam: int = 4, max_len=None, 
     ckpt = load_checkpoint(resolve_checkpoint(spec.name, checkpoint), expect_model=spec.name)
     task = spec.load_task().from_checkpoint(spec, ckpt, pick_device(device))
     translator = task.translator()
-    torch.set_grad_enabled(False)
 
     if texts:
         batches = [[" ".join(t.splitlines()) for t in texts]]
