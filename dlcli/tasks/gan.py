@@ -53,11 +53,16 @@ class GANTask(ImageTask):
         if cfg["ema"] > 0:
             self.ema = copy.deepcopy(self.generator).requires_grad_(False)
             self.modules["generator_ema"] = self.ema
+            # each averaged tensor (weights and BatchNorm statistics) beside its live one
+            live = self.generator.state_dict()
+            pairs = [(avg, live[k]) for k, avg in self.ema.state_dict().items()]
+            self.ema_floats = [list(t) for t in zip(*(p for p in pairs if p[0].is_floating_point()))]
+            self.ema_counts = [p for p in pairs if not p[0].is_floating_point()]
         betas = (cfg["beta1"], cfg["beta2"])
         self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), lr=cfg["lr"], betas=betas),
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=cfg["lr"], betas=betas, fused=True),
             "discriminator": torch.optim.Adam(self.discriminator.parameters(),
-                                              lr=cfg["lr"] * cfg["d_lr_scale"], betas=betas),
+                                              lr=cfg["lr"] * cfg["d_lr_scale"], betas=betas, fused=True),
         }
         self.real_target = 1.0 - cfg["label_smoothing"]
         # The least loss D can reach: it is not 0 when real targets are smoothed.
@@ -118,11 +123,6 @@ class GANTask(ImageTask):
     def update_ema(self) -> None:
         if self.ema is None:
             return
-        if self.ema_steps == 0:  # pair each averaged tensor with its live one, once
-            live = self.generator.state_dict()
-            pairs = [(avg, live[k]) for k, avg in self.ema.state_dict().items()]
-            self.ema_floats = [list(t) for t in zip(*[p for p in pairs if p[0].is_floating_point()])]
-            self.ema_counts = [p for p in pairs if not p[0].is_floating_point()]
         # Warm-up: average over the steps so far until that exceeds `ema`, so the early
         # average is not dominated by the random initial weights.
         self.ema_steps += 1
@@ -130,6 +130,13 @@ class GANTask(ImageTask):
         torch._foreach_lerp_(*self.ema_floats, 1 - decay)  # BatchNorm running stats too
         for avg, live in self.ema_counts:
             avg.copy_(live)
+
+    def training_state(self) -> dict:
+        return {**super().training_state(), "ema_steps": self.ema_steps}
+
+    def load_training_state(self, state: dict) -> None:
+        super().load_training_state(state)
+        self.ema_steps = int(state.get("ema_steps", 0))
 
     def watch_discriminator(self, d_loss: float) -> None:
         """Warn once when D's loss sits at its floor for many steps: G gets no signal."""
@@ -148,18 +155,45 @@ class GANTask(ImageTask):
         return (self.sampler(self.fixed_z, self.fixed_y) + 1) / 2
 
     def validate(self) -> dict[str, float]:
-        """Diversity of the fixed-noise samples: mean pairwise pixel distance, relative to
-        that of real training images (1 = as varied as the data; near 0 = one image)."""
-        fake = self.fixed_samples().flatten(1)
-        real = self.train_data[0][:len(fake)].float().div(255).flatten(1)
-        diversity = float(torch.pdist(fake).mean() / torch.pdist(real).mean())
-        if diversity < 0.3 and not self.g_warned:
+        """How varied the fixed-noise samples are. `diversity`: their mean pairwise pixel
+        distance over that of real images (1 = as varied as the data, 0 = one image).
+        `label_entropy` (when a cnn judge of this dataset is under ./runs): the entropy
+        in bits of the digits it sees in them (3.32 = all ten equally often)."""
+        fake = self.fixed_samples()
+        real = self.train_data[0][:len(fake)].float().div(255)
+        diversity = float(torch.pdist(fake.flatten(1)).mean() / torch.pdist(real.flatten(1)).mean())
+        metrics = {"diversity": diversity}
+        judge = self.training_judge()
+        if judge is not None:
+            from dlcli.metrics import judge_outputs
+
+            counts = torch.bincount(judge_outputs(judge, fake)[1].argmax(1), minlength=10)
+            p = counts[counts > 0].double() / len(fake)
+            metrics["label_entropy"] = float(-(p * p.log2()).sum())
+        few_classes = metrics.get("label_entropy", math.inf) < 1.5
+        if (diversity < 0.3 or few_classes) and not self.g_warned:
             self.g_warned = True
-            warn(f"the generator may have collapsed: its fixed-noise samples vary {diversity:.2f}x "
-                 "as much as real images (mode collapse, few or one digit). Look at "
-                 "samples/; try --set ema=0.999, --set label_smoothing=0.1, a lower --lr, "
-                 "or restart with another --seed")
-        return {"diversity": diversity}
+            seen = (f"its fixed-noise samples show {metrics['label_entropy']:.2f} bits of digit "
+                    "variety (3.32 = all ten)" if few_classes else
+                    f"its fixed-noise samples vary {diversity:.2f}x as much as real images")
+            warn(f"the generator may have collapsed: {seen} -- mode collapse, few or one "
+                 "digit. Look at samples/; try --set ema=0.999, --set label_smoothing=0.1, a "
+                 "lower --lr, or another --seed")
+        return metrics
+
+    def training_judge(self):
+        """The newest cnn run under ./runs trained on this dataset, else None (looked up once)."""
+        if not hasattr(self, "_judge"):
+            from dlcli.tasks.classify import load_judge
+
+            self._judge = None
+            try:
+                judge = load_judge(None, self.device)
+                if judge.config["dataset"] == self.config["dataset"]:
+                    self._judge = judge
+            except DlcliError:
+                pass
+        return self._judge
 
     def end_of_epoch(self, epoch: int, run_dir: Path) -> None:
         self.write_grid(self.fixed_samples(), Path(run_dir) / "samples" / f"epoch-{epoch:03d}.png",
