@@ -66,9 +66,11 @@ def test_training_writes_run_with_both_networks(trained, model):
     assert any(not torch.equal(live[k], avg[k]) for k in live if live[k].is_floating_point())
 
 
-def test_ema_off_has_no_ema_module(tmp_path):
-    ckpt = load_checkpoint(train_tiny("gan", tmp_path / "r", ema=0))
+def test_ema_off_and_batch_std(tmp_path):
+    ckpt = load_checkpoint(train_tiny("gan", tmp_path / "r", ema=0, batch_std="true"))
     assert sorted(ckpt.module_names()) == ["discriminator", "generator"]
+    # the minibatch-std feature is one more input of D's last layer
+    assert ckpt.state_dict("discriminator")["out.weight"].shape == (1, 32 + 1)
 
 
 def test_resume_is_exact(tmp_path):
