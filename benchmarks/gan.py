@@ -104,7 +104,7 @@ def speed(args) -> None:
     for model, script, extra in SPEED_CASES:
         if args.models and model not in args.models:
             continue
-        peer, ours, ours_default = [], [], []
+        peer, ours = [], []
         for _ in range(args.rounds):  # alternate, so load changes hit both sides alike
             peer.append(time_peer(peer_dir / script, extra, args.peer_path, args.seconds))
             ours.append(time_ours(model, 64, args.seconds))

@@ -131,7 +131,8 @@ def build_gan(name: str, config: dict, classes: int = 10) -> tuple[nn.Module, nn
     """(generator, discriminator) for a model name and its config."""
     latent = config["latent_dim"]
     if name == "dcgan":
-        g, d = ConvGenerator(latent, config["width"]), ConvDiscriminator(config["width"], config["batch_std"])
+        g = ConvGenerator(latent, config["width"])
+        d = ConvDiscriminator(config["width"], config["batch_std"])
         g.apply(dcgan_init)
         d.apply(dcgan_init)
         return g, d

@@ -56,13 +56,17 @@ class GANTask(ImageTask):
             # each averaged tensor (weights and BatchNorm statistics) beside its live one
             live = self.generator.state_dict()
             pairs = [(avg, live[k]) for k, avg in self.ema.state_dict().items()]
-            self.ema_floats = [list(t) for t in zip(*(p for p in pairs if p[0].is_floating_point()))]
+            floats = [p for p in pairs if p[0].is_floating_point()]
+            self.ema_floats = [[a for a, _ in floats], [b for _, b in floats]]
             self.ema_counts = [p for p in pairs if not p[0].is_floating_point()]
         betas = (cfg["beta1"], cfg["beta2"])
+        # fused: one pass over each tensor per step; at these sizes the unfused Adam takes
+        # as long as the forward and backward passes together on a CPU
+        adam = dict(betas=betas, fused=True)
         self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), lr=cfg["lr"], betas=betas, fused=True),
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=cfg["lr"], **adam),
             "discriminator": torch.optim.Adam(self.discriminator.parameters(),
-                                              lr=cfg["lr"] * cfg["d_lr_scale"], betas=betas, fused=True),
+                                              lr=cfg["lr"] * cfg["d_lr_scale"], **adam),
         }
         self.real_target = 1.0 - cfg["label_smoothing"]
         # The least loss D can reach: it is not 0 when real targets are smoothed.
@@ -73,7 +77,8 @@ class GANTask(ImageTask):
         g = torch.Generator().manual_seed(cfg["seed"] + 12345)
         n = GRID_ROWS * GRID_ROWS
         self.fixed_z = torch.randn(n, cfg["latent_dim"], generator=g).to(self.device)
-        self.fixed_y = labels_for("all", n, self.classes, self.device)[0] if self.conditional else None
+        self.fixed_y = (labels_for("all", n, self.classes, self.device)[0]
+                        if self.conditional else None)
         self.ema_steps = 0
 
     @property
@@ -136,7 +141,8 @@ class GANTask(ImageTask):
         """Re-estimate the EMA generator's BatchNorm statistics from its own activations:
         averaged weights make activations that averaged running stats do not describe,
         and sampling with those skews the digits drawn (Yazici et al., 2019)."""
-        norms = [m for m in self.ema.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        norms = [m for m in self.ema.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         if not norms:
             return
         g = torch.Generator().manual_seed(self.config["seed"] + 54321)  # global RNG untouched
@@ -254,7 +260,8 @@ class GANTask(ImageTask):
             y, per_row = labels_for(label, n, self.classes, dev)
         else:
             y, per_row = None, min(n, 8)
-        return self.generate(torch.randn(len(y) if y is not None else n, latent, device=dev), y), per_row
+        z = torch.randn(n if y is None else len(y), latent, device=dev)
+        return self.generate(z, y), per_row
 
     def evaluate(self, classifier=None, samples: int = 10000, **_) -> dict:
         """cfid, label_entropy, confidence (and label_accuracy for cgan) of `samples`
