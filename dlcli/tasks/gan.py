@@ -1,0 +1,280 @@
+"""GANs (gan, dcgan, cgan): two networks, two optimizers, one training loop.
+
+Each step trains D to tell real from fake, then G to fool the freshly updated D with the
+non-saturating loss -log D(G(z)) (Goodfellow et al.: it gives G strong gradients early,
+when D rejects every fake). Options from the preset:
+
+  label_smoothing  one-sided: real images get target 1 - s, fakes keep 0 (Salimans et al.)
+  ema              decay of an exponential moving average of G's weights, kept as its own
+                   module "generator_ema"; sampling and evaluation use it (0 = off)
+
+Trouble is reported, not hidden: a non-finite loss stops the loop (dlcli/train.py keeps the
+last good checkpoint); a discriminator that wins every batch for many steps and a
+generator whose fixed-noise samples stop varying are warned about, with a hint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dlcli.console import warn
+from dlcli.data.batches import IndexBatches, epoch_permutation
+from dlcli.errors import DlcliError
+from dlcli.tasks.image import ImageTask, interpolation_path, labels_for, to_unit_float
+
+D_COLLAPSE_STEPS = 200  # consecutive steps with D's loss at its floor before we warn
+D_COLLAPSE_GAP = 0.01  # "at its floor": within this many nats of the smallest loss possible
+GRID_ROWS = 10  # the fixed-noise grid is 10 x 10
+INTERPOLATION_STEPS = 10  # images per --interpolate row
+
+
+def binary_entropy(p: float) -> float:
+    return 0.0 if p in (0.0, 1.0) else -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+
+class GANTask(ImageTask):
+    monitor = None  # no validation loss means anything for a GAN: best = last
+    drop_last = True  # BatchNorm statistics of equal-sized batches
+
+    def build(self) -> None:
+        from dlcli.models.gan import build_gan
+
+        cfg = self.config
+        self.conditional = self.spec.conditional
+        self.generator, self.discriminator = (m.to(self.device) for m in build_gan(
+            self.spec.name, cfg, self.classes))
+        self.modules = {"generator": self.generator, "discriminator": self.discriminator}
+        self.ema = None
+        if cfg["ema"] > 0:
+            self.ema = copy.deepcopy(self.generator).requires_grad_(False)
+            self.modules["generator_ema"] = self.ema
+            # each averaged tensor (weights and BatchNorm statistics) beside its live one
+            live = self.generator.state_dict()
+            pairs = [(avg, live[k]) for k, avg in self.ema.state_dict().items()]
+            floats = [p for p in pairs if p[0].is_floating_point()]
+            self.ema_floats = [[a for a, _ in floats], [b for _, b in floats]]
+            self.ema_counts = [p for p in pairs if not p[0].is_floating_point()]
+        betas = (cfg["beta1"], cfg["beta2"])
+        # fused: one pass over each tensor per step; at these sizes the unfused Adam takes
+        # as long as the forward and backward passes together on a CPU
+        adam = dict(betas=betas, fused=True)
+        self.optimizers = {
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=cfg["lr"], **adam),
+            "discriminator": torch.optim.Adam(self.discriminator.parameters(),
+                                              lr=cfg["lr"] * cfg["d_lr_scale"], **adam),
+        }
+        self.real_target = 1.0 - cfg["label_smoothing"]
+        # The least loss D can reach: it is not 0 when real targets are smoothed.
+        self.d_floor = binary_entropy(self.real_target)
+        self.d_streak, self.d_warned, self.g_warned = 0, False, False
+        # Fixed noise for the per-epoch grid, from its own generator: drawing it leaves the
+        # global RNG stream (and so exact resume) untouched.
+        g = torch.Generator().manual_seed(cfg["seed"] + 12345)
+        n = GRID_ROWS * GRID_ROWS
+        self.fixed_z = torch.randn(n, cfg["latent_dim"], generator=g).to(self.device)
+        self.fixed_y = (labels_for("all", n, self.classes, self.device)[0]
+                        if self.conditional else None)
+        self.ema_steps = 0
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        return self.ema if self.ema is not None else self.generator
+
+    # ---- training -----------------------------------------------------------------
+    def train_batches(self, epoch: int):
+        order = epoch_permutation(len(self.train_data[0]), self.config["seed"], epoch)
+        return IndexBatches(self.train_data, self.config["batch_size"], order,
+                            prepare=to_unit_float, drop_last=True)
+
+    def train_step(self, batch) -> dict[str, float]:
+        x, y = batch
+        x = x * 2 - 1  # [0, 1] -> [-1, 1], the range of G's tanh
+        y = y if self.conditional else None
+        G, D = self.generator, self.discriminator
+        opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
+        z = torch.randn(len(x), self.config["latent_dim"], device=self.device)
+        fake = G(z, y)  # fakes of the same labels as the real batch (cgan)
+
+        # D: maximise log D(x) + log(1 - D(G(z))); G's graph is cut off by detach()
+        real_logit, fake_logit = D(x, y), D(fake.detach(), y)
+        d_loss = (F.binary_cross_entropy_with_logits(real_logit, torch.full_like(
+            real_logit, self.real_target)) + F.binary_cross_entropy_with_logits(
+            fake_logit, torch.zeros_like(fake_logit)))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+
+        # G: non-saturating, maximise log D(G(z)) against the updated D; only G's
+        # weights need gradients, so D's weight gradients are never computed
+        gen_logit = D(fake, y)
+        g_loss = F.binary_cross_entropy_with_logits(gen_logit, torch.ones_like(gen_logit))
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward(inputs=list(G.parameters()))
+        opt_g.step()
+        self.update_ema()
+
+        d_loss = d_loss.item()
+        self.watch_discriminator(d_loss)
+        return {"d_loss": d_loss, "g_loss": g_loss.item(),
+                "d_x": real_logit.detach().sigmoid().mean().item(),
+                "d_g_z": fake_logit.detach().sigmoid().mean().item()}
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        if self.ema is None:
+            return
+        # Warm-up: average over the steps so far until that exceeds `ema`, so the early
+        # average is not dominated by the random initial weights.
+        self.ema_steps += 1
+        decay = min(self.config["ema"], (1 + self.ema_steps) / (10 + self.ema_steps))
+        torch._foreach_lerp_(*self.ema_floats, 1 - decay)  # BatchNorm running stats too
+        for avg, live in self.ema_counts:
+            avg.copy_(live)
+
+    @torch.no_grad()
+    def recalibrate_ema(self, batches: int = 20, size: int = 500) -> None:
+        """Re-estimate the EMA generator's BatchNorm statistics from its own activations:
+        averaged weights make activations that averaged running stats do not describe,
+        and sampling with those skews the digits drawn (Yazici et al., 2019)."""
+        norms = [m for m in self.ema.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        g = torch.Generator().manual_seed(self.config["seed"] + 54321)  # global RNG untouched
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches below
+        self.ema.train()
+        for _ in range(batches):
+            z = torch.randn(size, self.config["latent_dim"], generator=g).to(self.device)
+            y = torch.randint(self.classes, (size,), generator=g).to(self.device)
+            self.ema(z, y if self.conditional else None)
+        for m in norms:
+            m.momentum = 0.1
+        self.ema.eval()
+
+    def training_state(self) -> dict:
+        return {**super().training_state(), "ema_steps": self.ema_steps}
+
+    def load_training_state(self, state: dict) -> None:
+        super().load_training_state(state)
+        self.ema_steps = int(state.get("ema_steps", 0))
+
+    def watch_discriminator(self, d_loss: float) -> None:
+        """Warn once when D's loss sits at its floor for many steps: G gets no signal."""
+        self.d_streak = self.d_streak + 1 if d_loss - self.d_floor < D_COLLAPSE_GAP else 0
+        if self.d_streak >= D_COLLAPSE_STEPS and not self.d_warned:
+            self.d_warned = True
+            warn(f"the discriminator wins every batch (loss within {D_COLLAPSE_GAP} of its "
+                 f"minimum for {self.d_streak} steps): the generator gets no useful gradient. "
+                 "Try a slower discriminator (--set d_lr_scale=0.5), --set label_smoothing=0.1, "
+                 "or --set d_dropout=0.3")
+
+    # ---- per epoch ----------------------------------------------------------------
+    @torch.no_grad()
+    def fixed_samples(self) -> torch.Tensor:
+        self.sampler.eval()
+        return (self.sampler(self.fixed_z, self.fixed_y) + 1) / 2
+
+    def validate(self) -> dict[str, float]:
+        """How varied the fixed-noise samples are. `diversity`: their mean pairwise pixel
+        distance over that of real images (1 = as varied as the data, 0 = one image).
+        `label_entropy` (when a cnn judge of this dataset is under ./runs): the entropy
+        in bits of the digits it sees in them (3.32 = all ten equally often)."""
+        if self.ema is not None:
+            self.recalibrate_ema()
+        fake = self.fixed_samples()
+        real = self.train_data[0][:len(fake)].float().div(255)
+        diversity = float(torch.pdist(fake.flatten(1)).mean() / torch.pdist(real.flatten(1)).mean())
+        metrics = {"diversity": diversity}
+        judge = self.training_judge()
+        if judge is not None:
+            from dlcli.metrics import judge_outputs
+
+            counts = torch.bincount(judge_outputs(judge, fake)[1].argmax(1), minlength=10)
+            p = counts[counts > 0].double() / len(fake)
+            metrics["label_entropy"] = float(-(p * p.log2()).sum())
+        few_classes = metrics.get("label_entropy", math.inf) < 1.5
+        if (diversity < 0.3 or few_classes) and not self.g_warned:
+            self.g_warned = True
+            seen = (f"its fixed-noise samples show {metrics['label_entropy']:.2f} bits of digit "
+                    "variety (3.32 = all ten)" if few_classes else
+                    f"its fixed-noise samples vary {diversity:.2f}x as much as real images")
+            warn(f"the generator may have collapsed: {seen} -- mode collapse, few or one "
+                 "digit. Look at samples/; try --set ema=0.999, --set label_smoothing=0.1, a "
+                 "lower --lr, or another --seed")
+        return metrics
+
+    def training_judge(self):
+        """The newest cnn run under ./runs trained on this dataset, else None (looked up once)."""
+        if not hasattr(self, "_judge"):
+            from dlcli.tasks.classify import load_judge
+
+            self._judge = None
+            try:
+                judge = load_judge(None, self.device)
+                if judge.config["dataset"] == self.config["dataset"]:
+                    self._judge = judge
+            except DlcliError:
+                pass
+        return self._judge
+
+    def end_of_epoch(self, epoch: int, run_dir: Path) -> None:
+        self.write_grid(self.fixed_samples(), Path(run_dir) / "samples" / f"epoch-{epoch:03d}.png",
+                        GRID_ROWS)
+
+    # ---- sampling and evaluation --------------------------------------------------
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None, batch_size: int = 1000):
+        """Images in [0, 1] from noise rows z (and labels y), in batches."""
+        self.sampler.eval()
+        out = [self.sampler(z[i:i + batch_size], None if y is None else y[i:i + batch_size])
+               for i in range(0, len(z), batch_size)]
+        return (torch.cat(out) + 1) / 2
+
+    def sample(self, n: int, label=None, grid: str | None = None, interpolate: bool = False):
+        """(images (N, 1, 28, 28) in [0, 1], images per row); z from the global RNG, which
+        the CLI seeds with --seed."""
+        if grid not in (None, "samples"):
+            raise DlcliError(f"{self.spec.name} has no --grid {grid!r}; choose one of: samples")
+        latent, dev = self.config["latent_dim"], self.device
+        if interpolate:
+            # rows walking a straight line between two noise vectors; --label all: one row
+            # per digit, all along the same path, so only the style changes along a row
+            rows = self.classes if label == "all" else max(1, n // INTERPOLATION_STEPS)
+            start, end = torch.randn(2, 1 if label == "all" else rows, latent, device=dev)
+            z = interpolation_path(start, end, INTERPOLATION_STEPS)
+            z = z.repeat(rows, 1) if label == "all" else z
+            y = None
+            if self.conditional:
+                y = (torch.arange(rows, device=dev) if label in (None, "all")
+                     else torch.full((rows,), int(label), device=dev)) % self.classes
+                y = y.repeat_interleave(INTERPOLATION_STEPS)
+            return self.generate(z, y), INTERPOLATION_STEPS
+        if self.conditional:
+            y, per_row = labels_for(label, n, self.classes, dev)
+        else:
+            y, per_row = None, min(n, 8)
+        z = torch.randn(n if y is None else len(y), latent, device=dev)
+        return self.generate(z, y), per_row
+
+    def evaluate(self, classifier=None, samples: int = 10000, **_) -> dict:
+        """cfid, label_entropy, confidence (and label_accuracy for cgan) of `samples`
+        generated images against the test set, judged by a trained cnn."""
+        from dlcli.metrics import score_samples
+        from dlcli.tasks.classify import load_judge
+
+        judge = load_judge(classifier, self.device)
+        self.setup_data()
+        g = torch.Generator().manual_seed(0)  # the same noise every evaluation
+        z = torch.randn(samples, self.config["latent_dim"], generator=g).to(self.device)
+        y = (torch.arange(samples, device=self.device) % self.classes) if self.conditional else None
+        fake = self.generate(z, y)
+        real = to_unit_float(self.test_data[0])[0]
+        scores = score_samples(judge, fake, real, labels=y)
+        return {**scores, "samples": samples}

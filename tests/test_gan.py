@@ -1,0 +1,305 @@
+"""The GAN family (gan, dcgan, cgan): training through the one loop with two optimizers,
+exact resume, the NaN guard, collapse warnings, sampling, evaluation and bad input.
+
+Everything trains tiny networks on the bundled MNIST subset for a few dozen steps; the
+quality checks against the peers live in benchmarks/gan.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dlcli.checkpoint import load_checkpoint, save_checkpoint
+from dlcli.config import resolve_config
+from dlcli.errors import TrainingFailed
+from dlcli.registry import get_spec
+
+TINY = {
+    "gan": ["g_hidden=[32, 32]", "d_hidden=[32]", "latent_dim=8"],
+    "cgan": ["g_hidden=[32, 32]", "d_hidden=[32]", "latent_dim=8"],
+    "dcgan": ["width=4", "latent_dim=8"],
+}
+
+
+def tiny_config(model: str, epochs: int = 1, **extra) -> dict:
+    sets = TINY[model] + [f"{k}={v}" for k, v in extra.items()]
+    return resolve_config(model, None, sets, epochs=epochs, batch_size=1000)
+
+
+def train_tiny(model: str, run_dir: Path, epochs: int = 1, resume=None, **extra) -> Path:
+    from dlcli.train import train
+
+    return train(get_spec(model), tiny_config(model, epochs, **extra), device="cpu",
+                 run_dir=None if resume else run_dir, resume_path=resume)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run per model, shared by the sampling tests."""
+    root = tmp_path_factory.mktemp("gan-runs")
+    return {m: train_tiny(m, root / m) for m in ("gan", "dcgan", "cgan")}
+
+
+# ---- training -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["gan", "dcgan", "cgan"])
+def test_training_writes_run_with_both_networks(trained, model):
+    ckpt = load_checkpoint(trained[model], expect_model=model)
+    run = trained[model].parent
+    assert sorted(ckpt.module_names()) == ["discriminator", "generator", "generator_ema"]
+    # both optimizers are in the resume state, each with Adam moments for every parameter
+    optimizers = ckpt.state["task"]["optimizers"]
+    assert set(optimizers) == {"generator", "discriminator"}
+    assert all(len(o["state"]) > 0 for o in optimizers.values())
+    epoch = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    for key in ("train_d_loss", "train_g_loss", "train_d_x", "train_d_g_z", "diversity"):
+        assert np.isfinite(epoch[key]), key
+    assert 0 < epoch["train_d_x"] < 1 and 0 < epoch["train_d_g_z"] < 1
+    assert (run / "samples" / "epoch-001.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "curves.png").exists()
+    # the EMA generator is an average, not a copy of the live weights
+    live, avg = ckpt.state_dict("generator"), ckpt.state_dict("generator_ema")
+    assert any(not torch.equal(live[k], avg[k]) for k in live if live[k].is_floating_point())
+
+
+def test_ema_off_and_batch_std(tmp_path):
+    ckpt = load_checkpoint(train_tiny("gan", tmp_path / "r", ema=0, batch_std="true"))
+    assert sorted(ckpt.module_names()) == ["discriminator", "generator"]
+    # the minibatch-std feature is one more input of D's last layer
+    assert ckpt.state_dict("discriminator")["out.weight"].shape == (1, 32 + 1)
+
+
+def test_resume_is_exact(tmp_path):
+    """2 epochs straight == 1 epoch + resume: both optimizers, the RNG stream and the EMA
+    come back, and the fixed-noise grid does not disturb the global RNG."""
+    straight = load_checkpoint(train_tiny("cgan", tmp_path / "a", epochs=2))
+    first = train_tiny("cgan", tmp_path / "b", epochs=1)
+    resumed = load_checkpoint(train_tiny("cgan", tmp_path / "b", epochs=2, resume=first))
+    assert resumed.epoch == straight.epoch == 2
+    for name in ("generator", "discriminator", "generator_ema"):
+        a, b = straight.state_dict(name), resumed.state_dict(name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from dlcli.tasks.gan import GANTask
+
+    real_step = GANTask.train_step
+    calls = {"n": 0}
+
+    def poisoned_step(self, batch):  # epoch 2 blows up: weights and loss become NaN
+        calls["n"] += 1
+        if calls["n"] > 15:  # 10 steps per epoch here
+            with torch.no_grad():
+                for p in self.generator.parameters():
+                    p.fill_(float("nan"))
+        return real_step(self, batch)
+
+    monkeypatch.setattr(GANTask, "train_step", poisoned_step)
+    with pytest.raises(TrainingFailed, match="became nan at epoch 2, step 16"):
+        train_tiny("gan", tmp_path / "r", epochs=3)
+    ckpt = load_checkpoint(tmp_path / "r" / "last.safetensors", expect_model="gan")
+    assert ckpt.epoch == 1  # the checkpoint of the last good epoch survived
+    for name in ckpt.module_names():
+        assert all(torch.isfinite(t).all() for t in ckpt.state_dict(name).values())
+    monkeypatch.undo()
+    task = GANTask.from_checkpoint(get_spec("gan"), ckpt, torch.device("cpu"))
+    images, _ = task.sample(8)
+    assert torch.isfinite(images).all()
+
+
+# ---- trouble warnings ---------------------------------------------------------------
+
+def gan_task(model="gan", **extra):
+    spec = get_spec(model)
+    task = spec.load_task()(spec, tiny_config(model, **extra), torch.device("cpu"))
+    task.setup_data()
+    return task
+
+
+def test_warns_when_discriminator_wins_every_batch(monkeypatch):
+    import dlcli.tasks.gan as gan
+
+    said = []
+    monkeypatch.setattr(gan, "warn", said.append)
+    task = gan_task(label_smoothing=0.1)
+    for _ in range(gan.D_COLLAPSE_STEPS - 1):
+        task.watch_discriminator(task.d_floor + 0.001)  # at the floor: D wins
+    assert said == []
+    task.watch_discriminator(task.d_floor + 0.5)  # one healthy step resets the streak
+    for _ in range(gan.D_COLLAPSE_STEPS):
+        task.watch_discriminator(task.d_floor + 0.001)
+    assert len(said) == 1 and "discriminator wins" in said[0] and "--set" in said[0]
+
+
+def test_warns_when_generator_collapses(monkeypatch):
+    import dlcli.tasks.gan as gan
+
+    said = []
+    monkeypatch.setattr(gan, "warn", said.append)
+    task = gan_task()
+    varied = task.train_data[0][100:200].float() / 255  # as varied as real digits: no warning
+    monkeypatch.setattr(task, "fixed_samples", lambda: varied)
+    assert task.validate()["diversity"] > 0.8 and said == []
+    monkeypatch.undo()
+    monkeypatch.setattr(gan, "warn", said.append)
+    with torch.no_grad():  # every noise vector now makes the same image
+        last = task.sampler.net[-2]
+        last.weight.zero_()
+    assert task.validate()["diversity"] < 0.01
+    assert len(said) == 1 and "collapsed" in said[0]
+
+
+def test_collapse_seen_by_a_judge_under_runs(monkeypatch, tmp_path, judge):
+    """With a cnn run under ./runs, validate() also reports the label entropy of the
+    fixed-noise samples, and one class only is a collapse."""
+    import shutil
+
+    import dlcli.tasks.gan as gan
+
+    said = []
+    monkeypatch.setattr(gan, "warn", said.append)
+    (tmp_path / "runs" / "cnn" / "r1").mkdir(parents=True)
+    shutil.copy(judge, tmp_path / "runs" / "cnn" / "r1" / "best.safetensors")
+    task = gan_task()
+    with torch.no_grad():  # one image for every noise vector: one class
+        task.sampler.net[-2].weight.zero_()
+    metrics = task.validate()
+    assert metrics["label_entropy"] == 0.0
+    assert len(said) == 1 and "0.00 bits" in said[0]
+
+
+# ---- sampling -----------------------------------------------------------------------
+
+def npy(proc) -> np.ndarray:
+    import io
+
+    assert proc.returncode == 0, proc.stderr
+    return np.load(io.BytesIO(proc.stdout))
+
+
+def sample_cli(cli, ckpt, model, *args):
+    """`dlcli sample` writing to stdout, read back as bytes."""
+    return cli("sample", model, "--checkpoint", ckpt, "-o", "-", *args, input=b"")
+
+
+def test_same_seed_same_bytes(cli, trained):
+    a = sample_cli(cli, trained["dcgan"], "dcgan", "--seed", "7")
+    b = sample_cli(cli, trained["dcgan"], "dcgan", "--seed", "7")
+    assert a.returncode == 0 and a.stdout[:8] == b"\x89PNG\r\n\x1a\n"
+    assert a.stdout == b.stdout
+
+
+def test_npy_samples_shape_range_and_seed(cli, trained):
+    x = npy(sample_cli(cli, trained["gan"], "gan", "-n", "5", "--format", "npy", "--seed", "1"))
+    assert x.shape == (5, 1, 28, 28) and x.dtype == np.float32
+    assert 0 <= x.min() and x.max() <= 1
+    # the CLI seeds the global RNG with --seed; the same draw in-process gives the same
+    # images, another seed other images
+    from dlcli.tasks.gan import GANTask
+
+    task = GANTask.from_checkpoint(get_spec("gan"), load_checkpoint(trained["gan"]),
+                                   torch.device("cpu"))
+    for seed, same in ((1, True), (2, False)):
+        torch.manual_seed(seed)
+        assert np.allclose(task.sample(5)[0].numpy(), x, atol=1e-6) == same
+
+
+def test_cgan_label_rows_and_interpolation(trained):
+    from dlcli.tasks.gan import GANTask
+
+    ckpt = load_checkpoint(trained["cgan"])
+    task = GANTask.from_checkpoint(get_spec("cgan"), ckpt, torch.device("cpu"))
+    torch.manual_seed(0)
+    images, per_row = task.sample(100, label="all")
+    assert images.shape == (100, 1, 28, 28) and per_row == 10
+    images, per_row = task.sample(16, label=3)
+    assert images.shape == (16, 1, 28, 28) and per_row == 8
+    # --label all --interpolate: one row per digit along one shared noise path, so the
+    # first and last image of a row differ, and rows differ only by their label
+    images, per_row = task.sample(100, label="all", interpolate=True)
+    rows = images.view(10, 10, -1)
+    assert per_row == 10 and not torch.equal(rows[0, 0], rows[0, -1])
+    assert not torch.equal(rows[0], rows[1])
+    task_gan = GANTask.from_checkpoint(get_spec("gan"), load_checkpoint(trained["gan"]),
+                                       torch.device("cpu"))
+    images, per_row = task_gan.sample(30, interpolate=True)
+    assert images.shape == (30, 1, 28, 28) and per_row == 10
+    # the ends of a row are independent draws, the middle lies between them
+    row = images.view(3, 10, -1)[0]
+    assert not torch.equal(row[0], row[-1])
+
+
+# ---- bad input ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["cgan", "--label", "10"],
+    ["cgan", "--label", "-1"],
+    ["cgan", "--label", "three"],
+    ["gan", "--label", "3"],
+    ["gan", "-n", "0"],
+    ["dcgan", "-n", "-5"],
+    ["gan", "--grid", "manifold"],
+])
+def test_bad_sample_input_exits_2_and_writes_nothing(cli, trained, tmp_path, args):
+    model = args[0]
+    proc = cli("sample", *args, "--checkpoint", trained[model])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) <= 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "samples").exists()
+
+
+def test_checkpoint_of_another_model_exits_2(cli, trained, tmp_path):
+    proc = cli("sample", "cgan", "--checkpoint", trained["gan"])
+    assert proc.returncode == 2 and "is a gan checkpoint, not cgan" in proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "samples").exists()
+
+
+def test_train_rejects_unknown_and_mistyped_keys(cli, tmp_path):
+    proc = cli("train", "dcgan", "--set", "g_hidden=[8]", "--run-dir", tmp_path / "r")
+    assert proc.returncode == 2 and "unknown key 'g_hidden'" in proc.stderr
+    proc = cli("train", "gan", "--set", "ema=fast", "--run-dir", tmp_path / "r")
+    assert proc.returncode == 2 and "bad value for 'ema'" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+# ---- evaluation ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory):
+    """An untrained cnn saved as a checkpoint: enough to test the plumbing of evaluate."""
+    from dlcli.models.cnn import CNN
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("judge") / "cnn.safetensors"
+    config = resolve_config("cnn")
+    return save_checkpoint(path, model="cnn", config=config, modules={"model": CNN().eval()})
+
+
+def test_evaluate_json(cli, trained, judge):
+    proc = cli("evaluate", trained["cgan"], "--json", "--classifier", judge, "--samples", "300")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    assert metrics["cfid"] > 0 and np.isfinite(metrics["cfid"])
+    assert 0 <= metrics["label_entropy"] <= np.log2(10) + 1e-9
+    assert 0.1 <= metrics["confidence"] <= 1
+    assert 0 <= metrics["label_accuracy"] <= 1
+
+
+def test_evaluate_unconditional_and_without_judge(trained, judge):
+    from dlcli.errors import DlcliError
+    from dlcli.tasks.gan import GANTask
+
+    task = GANTask.from_checkpoint(get_spec("gan"), load_checkpoint(trained["gan"]),
+                                   torch.device("cpu"))
+    metrics = task.evaluate(classifier=judge, samples=200)
+    assert {"cfid", "label_entropy", "confidence"} <= set(metrics)
+    assert "label_accuracy" not in metrics
+    assert task.evaluate(classifier=judge, samples=200) == metrics  # fixed noise
+    with pytest.raises(DlcliError, match="dlcli train cnn"):
+        task.evaluate(samples=10)  # no --classifier and no cnn run under ./runs
