@@ -73,19 +73,20 @@ class Task:
     scaler = None  # a torch.amp.GradScaler under --precision 16-mixed, set by the loop
 
     def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 clip_norm: float = 0.0) -> None:
-        """One optimizer step on `loss`: zero the gradients, backpropagate, clip the
-        gradient norm if asked, step. Under float16 mixed precision the loss is scaled so
-        small gradients do not underflow, and steps with inf/NaN gradients are skipped."""
+                 clip_norm: float = 0.0, inputs=None) -> None:
+        """One optimizer step on `loss`: zero the gradients, backpropagate (into `inputs`
+        only, when given), clip the gradient norm if asked, step. Under float16 mixed
+        precision the loss is scaled so small gradients do not underflow, and steps with
+        inf/NaN gradients are skipped."""
         optimizer.zero_grad(set_to_none=True)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         if self.scaler is None:
-            loss.backward()
+            loss.backward(inputs=inputs)
             if clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, clip_norm)
             optimizer.step()
             return
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward(inputs=inputs)
         if clip_norm > 0:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, clip_norm)

@@ -105,17 +105,13 @@ class GANTask(ImageTask):
         d_loss = (F.binary_cross_entropy_with_logits(real_logit, torch.full_like(
             real_logit, self.real_target)) + F.binary_cross_entropy_with_logits(
             fake_logit, torch.zeros_like(fake_logit)))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        self.optimize(d_loss, opt_d)
 
         # G: non-saturating, maximise log D(G(z)) against the updated D; only G's
         # weights need gradients, so D's weight gradients are never computed
         gen_logit = D(fake, y)
         g_loss = F.binary_cross_entropy_with_logits(gen_logit, torch.ones_like(gen_logit))
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward(inputs=list(G.parameters()))
-        opt_g.step()
+        self.optimize(g_loss, opt_g, inputs=list(G.parameters()))
         self.update_ema()
 
         d_loss = d_loss.item()
@@ -231,7 +227,10 @@ class GANTask(ImageTask):
     # ---- sampling and evaluation --------------------------------------------------
     @torch.no_grad()
     def generate(self, z: torch.Tensor, y: torch.Tensor | None, batch_size: int = 1000):
-        """Images in [0, 1] from noise rows z (and labels y), in batches."""
+        """Images in [0, 1] from noise rows z (and labels y), in batches. z is scaled by
+        the `truncation` key first: below 1 it trades variety for typical, cleaner digits
+        (the truncation trick of Brock et al., 2019)."""
+        z = z * self.config.get("truncation", 1.0)
         self.sampler.eval()
         out = [self.sampler(z[i:i + batch_size], None if y is None else y[i:i + batch_size])
                for i in range(0, len(z), batch_size)]
