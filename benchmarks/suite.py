@@ -29,7 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,17 +40,19 @@ from dlcli.registry import get_spec, list_models  # noqa: E402
 
 
 class PerSampleDataset(torch.utils.data.Dataset):
-    """The tutorial way: index one image, transform it on its own, let the loader collate."""
+    """The tutorial way, as torchvision's MNIST + ToTensor() do it: index one image, make
+    it a PIL image, turn that back into a float tensor in [0, 1], let the loader collate."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
+        self.images, self.labels = images.squeeze(1).numpy(), labels.tolist()
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        x = self.images[i].float().div(255)  # ToTensor: uint8 HxW -> float [0, 1]
-        return x, int(self.labels[i])
+        picture = Image.fromarray(self.images[i], mode="L")
+        x = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy())
+        return x.unsqueeze(0).float().div(255), self.labels[i]
 
 
 def build_task(model: str, data_dir, overrides=()):
@@ -121,15 +125,28 @@ def bench_transformer() -> dict:
             "baseline_kind": "torch.nn.Transformer, same size and batches"}
 
 
+PEAK = """
+import re, sys
+from dlcli.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    assert not e.code, e.code
+status = open("/proc/self/status").read()
+print(int(re.search(r"VmHWM:\\s+(\\d+)", status).group(1)) / 1024, file=sys.stderr)
+"""
+
+
 def train_peak_memory(model: str, data_dir, tmp: Path) -> float:
-    """Peak resident memory (MiB) of a whole `dlcli train MODEL --epochs 1` process."""
-    cmd = [sys.executable, "-m", "dlcli", "train", model, "--epochs", "1",
-           "--run-dir", str(tmp / model)]
+    """Peak resident memory (MiB) of a whole `dlcli train MODEL --epochs 1` process, read
+    from the process itself (VmHWM): getrusage's figure for a child would include the
+    memory of this process at the fork."""
+    cmd = [sys.executable, "-c", PEAK, "train", model, "--epochs", "1", "--run-dir", str(tmp / model)]
     if data_dir:
         cmd += ["--data-dir", str(data_dir)]
-    subprocess.run(cmd, check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return float(proc.stderr.strip().splitlines()[-1])
 
 
 def main() -> None:
