@@ -143,7 +143,7 @@ class Translator:
     def translate(self, sentences: list[str], beam: int = 1, max_len: int | None = None,
                   n_best: int = 1, first_line: int = 1) -> list[list[Hypothesis]]:
         """n_best hypotheses per sentence, in input order; an empty sentence stays empty."""
-        self.model.eval()
+        self.model.train(False)
         results: list[list[Hypothesis]] = [[Hypothesis(0.0, [])] * n_best for _ in sentences]
         todo = [i for i, s in enumerate(sentences) if s.strip()]
         rows = self.encode_sources([sentences[i] for i in todo], [first_line + i for i in todo])

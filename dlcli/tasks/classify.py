@@ -79,7 +79,7 @@ class ClassifierTask(ImageTask):
 
     @torch.no_grad()
     def measure(self, batches) -> dict[str, float]:
-        self.model.eval()
+        self.model.train(False)
         total, loss, correct = 0, 0.0, 0
         for x, y in batches:
             logits = self.model(x)

@@ -152,7 +152,7 @@ class GANTask(ImageTask):
             self.ema(z, y if self.conditional else None)
         for m in norms:
             m.momentum = 0.1
-        self.ema.eval()
+        self.ema.train(False)
 
     def training_state(self) -> dict:
         return {**super().training_state(), "ema_steps": self.ema_steps}
@@ -174,7 +174,7 @@ class GANTask(ImageTask):
     # ---- per epoch ----------------------------------------------------------------
     @torch.no_grad()
     def fixed_samples(self) -> torch.Tensor:
-        self.sampler.eval()
+        self.sampler.train(False)
         return (self.sampler(self.fixed_z, self.fixed_y) + 1) / 2
 
     def validate(self) -> dict[str, float]:
@@ -231,7 +231,7 @@ class GANTask(ImageTask):
         the `truncation` key first: below 1 it trades variety for typical, cleaner digits
         (the truncation trick of Brock et al., 2019)."""
         z = z * self.config.get("truncation", 1.0)
-        self.sampler.eval()
+        self.sampler.train(False)
         out = [self.sampler(z[i:i + batch_size], None if y is None else y[i:i + batch_size])
                for i in range(0, len(z), batch_size)]
         return (torch.cat(out) + 1) / 2

@@ -196,7 +196,7 @@ class VAETask(ImageTask):
 
     def sample(self, n: int, label=None, grid: str | None = None, interpolate: bool = False):
         grid = grid or "samples"
-        self.model.eval()
+        self.model.train(False)
         if interpolate:
             return self.interpolations(n, label)
         if grid == "samples":
