@@ -41,8 +41,16 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads for torch (default: one per core). On a machine "
+        "busy with other jobs, 1 is often much faster."),
 ):
     STATE["debug"] = debug
+    if threads is not None:
+        if threads < 1:
+            raise DlcliError(f"--threads must be positive, got {threads}")
+        # torch is imported later, inside the commands, and reads this when it starts
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def out(text: str) -> None:

@@ -369,8 +369,10 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
         compile_modules(task.modules)
     where = f", {d.world} processes" if d.active else ""
     mixed = f", precision {precision}" if precision != "32" else ""
+    n = torch.get_num_threads()
+    threads = f" ({n} thread{'s' if n != 1 else ''})" if dev.type == "cpu" else ""
     notice(f"{spec.name} on {config['dataset']} ({getattr(task, 'data_source', '')}), "
-           f"device {dev}{where}{mixed}")
+           f"device {dev}{threads}{where}{mixed}")
     folder = None
     if d.main:
         if resume is not None and run_dir is None:

@@ -99,3 +99,11 @@ def test_bad_checkpoints(tmp_path):
     _one_line_error(run_cli("evaluate", junk), "safetensors")
     _one_line_error(run_cli("sample", "vae", "--checkpoint", junk), "safetensors")
     _one_line_error(run_cli("sample", "vae"), "dlcli train vae")
+
+
+def test_threads_option_reaches_torch():
+    proc = run_cli("--threads", "1", "train", "mlp", "--dataset", "and", "--epochs", "1",
+                   env={"OMP_NUM_THREADS": "2"}, check=0)
+    assert "(1 thread)" in proc.stderr
+    bad = run_cli("--threads", "0", "models")
+    assert bad.returncode == 2 and "--threads" in bad.stderr
