@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dlcli.data.batches import IndexBatches
 from dlcli.errors import DlcliError
 from dlcli.optim import Schedule, make_optimizer
 from dlcli.registry import TOY_DATASETS
-from dlcli.tasks.image import ImageTask, to_unit_float
+from dlcli.tasks.image import ImageTask, in_order
 
 TOY_REPEATS = 500  # an epoch of a truth table: its 4 rows, 500 times over
 
@@ -108,7 +107,7 @@ class ClassifierTask(ImageTask):
             return (f"perceptron converged after {epochs_run} epoch(s): every training example "
                     "is on the right side of its hyperplane")
         data = self.distinct_train_data()
-        m = self.measure(IndexBatches(data, 1000, torch.arange(len(data[0])), to_unit_float))
+        m = self.measure(in_order(data))
         wrong = round((1 - m["accuracy"]) * len(data[0]))
         why = ("the classes are not linearly separable, so no single perceptron can fit them "
                "(an MLP can: `dlcli train mlp --dataset xor`)"

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from dlcli.console import warn
-from dlcli.data.batches import IndexBatches, epoch_permutation
 from dlcli.errors import DlcliError
 from dlcli.tasks.image import ImageTask, interpolation_path, labels_for, to_unit_float
 
@@ -86,11 +85,6 @@ class GANTask(ImageTask):
         return self.ema if self.ema is not None else self.generator
 
     # ---- training -----------------------------------------------------------------
-    def train_batches(self, epoch: int):
-        order = epoch_permutation(len(self.train_data[0]), self.config["seed"], epoch)
-        return IndexBatches(self.train_data, self.config["batch_size"], order,
-                            prepare=to_unit_float, drop_last=True)
-
     def train_step(self, batch) -> dict[str, float]:
         x, y = batch
         x = x * 2 - 1  # [0, 1] -> [-1, 1], the range of G's tanh

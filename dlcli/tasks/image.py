@@ -17,6 +17,11 @@ def to_unit_float(x: torch.Tensor, *rest):
     return (x, *rest)
 
 
+def in_order(data, batch_size: int = 1000) -> IndexBatches:
+    """Evaluation batches of (images, labels): every row once, in order, as floats."""
+    return IndexBatches(data, batch_size, torch.arange(len(data[0])), prepare=to_unit_float)
+
+
 class ImageTask(Task):
     image_shape = (1, 28, 28)
     classes = 10
@@ -47,8 +52,7 @@ class ImageTask(Task):
 
     def eval_batches(self, split: str = "val", batch_size: int = 1000):
         data = self.val_data if split == "val" and self.val_data is not None else self.test_data
-        order = torch.arange(len(data[0]))
-        return IndexBatches(data, batch_size, order, prepare=to_unit_float)
+        return in_order(data, batch_size)
 
     def write_grid(self, images: torch.Tensor, path: Path, nrow: int) -> None:
         from dlcli.images import save_grid

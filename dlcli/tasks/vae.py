@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dlcli.errors import DlcliError
-from dlcli.optim import make_optimizer
+from dlcli.optim import Schedule, make_optimizer
 from dlcli.tasks.image import ImageTask, interpolation_path, labels_for, to_unit_float
 
 ACTIVE_NATS = 0.01  # a latent unit whose average KL is below this carries no information
@@ -39,9 +39,9 @@ class VAETask(ImageTask):
                          class_prior=c["class_prior"]).to(self.device)
         self.modules = {"model": self.model}
         self.optimizers = {"model": make_optimizer(self.model.parameters(), c)}
-        if c.get("lr_decay", 1.0) != 1.0:
-            self.schedulers = {"model": torch.optim.lr_scheduler.ExponentialLR(
-                self.optimizers["model"], c["lr_decay"])}
+        # the VAE presets' schedule: lr *= lr_decay after every epoch
+        self.schedule = Schedule(self.optimizers["model"], {**c, "schedule": "exponential"})
+        self.schedulers = {"model": self.schedule.scheduler}
         self.steps = 0  # optimizer steps so far: the clock of the capacity ramp
         # What each latent unit carries (mean KL, nats), from the last validation or checkpoint.
         self.latent_kl = json.loads(self.meta["latent_kl"]) if "latent_kl" in self.meta else None
@@ -108,8 +108,7 @@ class VAETask(ImageTask):
                 "kl_per_unit": [round(float(v), 5) for v in kl_dims]}
 
     def validate(self) -> dict[str, float]:
-        for sched in self.schedulers.values():
-            sched.step()
+        self.schedule.after_epoch()
         m = self.measure(self.eval_batches("val"))
         self.latent_kl = m["kl_per_unit"]
         out = {"val_loss": m["nelbo"], "val_recon": m["recon"], "val_kl": m["kl"],
