@@ -1,11 +1,14 @@
 """The benchmark suite: every model family's training loop against the tutorial way.
 
 For each image model the same Task (network, loss, optimizer step: what `dlcli train`
-runs) is fed two ways, time-shared chunk by chunk in one process so the load of a
-shared machine falls on both alike:
-  dlcli      the in-memory uint8 tensor, batched by indexing (dlcli's own path);
+runs) is fed in turn, time-shared chunk by chunk in one process so the load of a
+shared machine falls on every side alike:
+  dlcli      the in-memory uint8 tensor, batched by indexing (dlcli's own path), under
+             the preset's precision (`auto`: bf16 autocast where the CPU has it);
+  fp32       the same in float32 (only when the preset trains in another precision);
   baseline   a torch DataLoader over a map-style Dataset with a per-sample transform
-             (uint8 -> float tensor, one image at a time), as the common tutorials do.
+             (uint8 -> float tensor, one image at a time), in float32, as the common
+             tutorials do.
 It also times sampling (images/s) and reports peak memory. The Transformer row compares
 dlcli's Transformer with torch.nn.Transformer of the same size on the same batches
 (benchmarks/transformer.py has the details) when that module is present.
@@ -82,28 +85,40 @@ def time_shared(sides: dict, seconds: float, chunk: int = 5) -> dict:
 
 
 def bench_image_model(model: str, data_dir, seconds: float) -> dict:
+    """Three sides, time-shared: dlcli as `dlcli train` runs it (the preset's precision),
+    dlcli in float32, and the tutorial way (float32, as the tutorials train)."""
+    from dlcli.train import autocast_for, resolve_precision
+
     task = build_task(model, data_dir)
     x, y = task.train_data
     bs = task.config["batch_size"]
+    precision = resolve_precision(task.device, task.config.get("precision", "32"))
     ours = endless(lambda: iter(task.train_batches(0)))
     loader = torch.utils.data.DataLoader(PerSampleDataset(x, y), batch_size=bs, shuffle=True,
                                          drop_last=task.drop_last)
     theirs = endless(lambda: iter(loader))
 
-    def steps(source):
+    def steps(source, precision="32"):
         def run(k):
             n = 0
             for _ in range(k):
                 batch = next(source)
-                task.train_step(batch)
+                with autocast_for(task.device, precision):
+                    task.train_step(batch)
                 n += len(batch[0])
             return n
         return run
 
     next(theirs), next(ours)  # warm both paths up
-    rates = time_shared({"dlcli": steps(ours), "baseline": steps(theirs)}, seconds)
-    row = {"model": model, "unit": "img/s", "dlcli": rates["dlcli"], "baseline": rates["baseline"],
-           "ratio": rates["dlcli"] / rates["baseline"], "baseline_kind": "DataLoader, per-sample"}
+    sides = {"dlcli": steps(ours, precision), "baseline": steps(theirs)}
+    if precision != "32":
+        sides["dlcli_fp32"] = steps(ours)
+    rates = time_shared(sides, seconds)
+    fp32 = rates.get("dlcli_fp32", rates["dlcli"])
+    row = {"model": model, "unit": "img/s", "batch": bs, "precision": precision,
+           "dlcli": rates["dlcli"], "dlcli_fp32": fp32, "baseline": rates["baseline"],
+           "ratio": rates["dlcli"] / rates["baseline"], "ratio_fp32": fp32 / rates["baseline"],
+           "baseline_kind": "DataLoader, per-sample, float32"}
     if get_spec(model).samples:
         task.train_mode(False)
         t0, n = time.perf_counter(), 0
@@ -120,8 +135,10 @@ def bench_transformer() -> dict:
 
     with contextlib.redirect_stdout(sys.stderr):  # its per-round lines are progress
         rates = tbench.side_by_side()
-    return {"model": "transformer", "unit": "tok/s", "dlcli": rates["dlcli"],
-            "baseline": rates["baseline"], "ratio": rates["dlcli"] / rates["baseline"],
+    ratio = rates["dlcli"] / rates["baseline"]
+    return {"model": "transformer", "unit": "tok/s", "precision": "32", "dlcli": rates["dlcli"],
+            "dlcli_fp32": rates["dlcli"], "baseline": rates["baseline"], "ratio": ratio,
+            "ratio_fp32": ratio,
             "baseline_kind": "torch.nn.Transformer, same size and batches"}
 
 
@@ -176,13 +193,16 @@ def main() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory() as tmp:
         vae_mib = train_peak_memory("vae", args.data_dir, Path(tmp))
-    header = f"{'model':<12}{'dlcli':>12}{'baseline':>12}{'ratio':>8}  {'unit':<6}{'sample img/s':>14}"
+    header = (f"{'model':<12}{'precision':>10}{'dlcli':>10}{'fp32':>10}{'baseline':>10}"
+              f"{'ratio':>8}{'fp32':>8}  {'unit':<6}{'sample img/s':>14}")
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; ratio: dlcli as trained "
+          "(the preset's precision) over the baseline, fp32: both in float32")
     print(header)
     for r in rows:
         sample = f"{r['sample_img_per_s']:>14,.0f}" if "sample_img_per_s" in r else f"{'':>14}"
-        print(f"{r['model']:<12}{r['dlcli']:>12,.0f}{r['baseline']:>12,.0f}{r['ratio']:>7.2f}x  "
+        print(f"{r['model']:<12}{r['precision']:>10}{r['dlcli']:>10,.0f}{r['dlcli_fp32']:>10,.0f}"
+              f"{r['baseline']:>10,.0f}{r['ratio']:>7.2f}x{r['ratio_fp32']:>7.2f}x  "
               f"{r['unit']:<6}{sample}")
     print(f"peak memory of this process: {peak_mib:,.0f} MiB; "
           f"of `dlcli train vae --epochs 1`: {vae_mib:,.0f} MiB")

@@ -237,6 +237,7 @@ def sample(
     interpolate: bool = typer.Option(False, "--interpolate", help="Rows morphing between samples."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="File, or - for stdout."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="png or npy."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Test images for --grid recon."),
     device: str = typer.Option("auto", "--device"),
 ):
     """Generate images from a trained model; prints the file written (or writes bytes to -o -)."""
@@ -267,7 +268,7 @@ def sample(
     from dlcli.train import pick_device
 
     ckpt = load_checkpoint(resolve_checkpoint(model, checkpoint), expect_model=model)
-    task = spec.load_task().from_checkpoint(spec, ckpt, pick_device(device))
+    task = spec.load_task().from_checkpoint(spec, ckpt, pick_device(device), data_dir)
     torch.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     count = n if n is not None else (100 if label == "all" else 64)
     with torch.no_grad():

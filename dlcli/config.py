@@ -101,12 +101,15 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def _coerce(key: str, value, default):
-    """Check `value` against the type of `default`; ints are accepted where floats are."""
+    """Check `value` against the type of `default`; ints are accepted where floats are,
+    numbers where strings are (`--set precision=32`)."""
     if default is None or value is None:
         return value
     expected = type(default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
     raise DlcliError(

@@ -8,8 +8,7 @@ import torch
 
 from dlcli.errors import DlcliError
 
-SCHEDULES = ("constant", "exponential", "cosine")
-
+SCHEDULES = ("constant", "exponential", "cosine", "noam")
 
 def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
     name = config.get("optimizer", "adam")
@@ -25,27 +24,36 @@ def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
 
 class Schedule:
     """config['schedule']: constant; exponential (lr *= lr_decay after each epoch); cosine
-    (per step, from lr down to 0 over the whole run). `total_steps` is set once the data
-    size is known; the scheduler itself is a plain LambdaLR, so it resumes like any other."""
+    (per step, from lr down to 0 over the whole run); noam (per step, lr / sqrt(step) after
+    the warm-up: "Attention Is All You Need", scaled so that it peaks at lr). Per-step
+    schedules first rise linearly over config['warmup'] steps (0 = none). `total_steps` is
+    set once the data size is known; the scheduler itself is a plain LambdaLR, so it
+    resumes like any other."""
 
     def __init__(self, optimizer, config: dict):
         self.kind = config.get("schedule", "constant")
         if self.kind not in SCHEDULES:
             raise DlcliError(f"unknown schedule {self.kind!r}; choose one of: {', '.join(SCHEDULES)}")
         self.decay = config.get("lr_decay", 1.0)
+        self.warmup = max(0, int(config.get("warmup", 0)))
         self.total_steps = None
-        self.epoch = 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
 
     def factor(self, count: int) -> float:
         if self.kind == "exponential":
             return self.decay ** count  # counted in epochs
+        t = count + 1  # counted in steps from here on
+        if self.warmup and t < self.warmup:
+            return t / self.warmup
+        if self.kind == "noam":
+            return math.sqrt(self.warmup / t) if self.warmup else 1.0 / math.sqrt(t)
         if self.kind == "cosine" and self.total_steps:
-            return 0.5 * (1 + math.cos(math.pi * min(count, self.total_steps) / self.total_steps))
+            done = min(1.0, (t - self.warmup) / max(1, self.total_steps - self.warmup))
+            return 0.5 * (1 + math.cos(math.pi * done))
         return 1.0
 
     def after_step(self) -> None:
-        if self.kind == "cosine":
+        if self.kind != "exponential":
             self.scheduler.step()
 
     def after_epoch(self) -> None:

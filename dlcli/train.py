@@ -127,7 +127,7 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml",
                      lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
-    autocast = _autocast(task.device, precision)
+    autocast = autocast_for(task.device, precision)
     if precision == "16-mixed":
         task.scaler = torch.amp.GradScaler("cuda")
 
@@ -156,9 +156,11 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
 
     def save(epoch_done: int, batch: int) -> None:
         state = {"task": task.training_state(), "rng": rng_state(), "batch": batch, "best": best}
+        # the data folder too, so that --resume finds the same data without --data-dir
+        where = {"data_dir": str(Path(task.data_dir).absolute())} if task.data_dir else {}
         save_checkpoint(last, model=spec.name, config=config, modules=task.modules,
                         epoch=epoch_done, step=global_step, metrics=metrics, state=state,
-                        extra=task.checkpoint_extra())
+                        extra={**task.checkpoint_extra(), **where})
 
     stop = StopRequest()
     epoch = start_epoch
@@ -266,7 +268,7 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     return precision
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast_for(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if precision == "16-mixed":
@@ -361,6 +363,11 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
         console.quiet = True
     seed_everything(config["seed"] + d.rank)  # own noise per rank; weights come from rank 0
     resume = load_checkpoint(resume_path, expect_model=spec.name) if resume_path else None
+    if resume is not None and data_dir is None and resume.meta.get("data_dir"):
+        data_dir = resume.meta["data_dir"]
+        if not Path(data_dir).is_dir():
+            raise DlcliError(f"{resume.path} was trained on data from {data_dir}, which is gone; "
+                             "pass --data-dir")
     task = spec.load_task()(spec, config, dev, data_dir, meta=resume.meta if resume else None)
     task.setup_data()
     if dev.type == "cuda":

@@ -91,6 +91,28 @@ def test_bf16_precision_trains_on_cpu():
     assert bad.returncode == 2 and "bf16" in bad.stderr
 
 
+def test_a_forward_after_a_step_sees_the_new_weights_under_bf16():
+    """autocast caches bf16 copies of the weights for its whole region: Task.optimize must
+    drop them, or G's step in a GAN would score its fakes with D's old weights."""
+    import torch
+
+    from dlcli.tasks.base import Task
+
+    task = Task.__new__(Task)
+    task.scaler = None
+    layer = torch.nn.Linear(8, 8)
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    x = torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = layer(x)
+        task.optimize(before.square().sum(), opt)
+        after = layer(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh = layer(x)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, fresh)
+
+
 def test_compile_falls_back_cleanly_when_the_backend_fails(monkeypatch, capsys):
     import torch
 

@@ -61,3 +61,16 @@ def test_resume_rejects_other_model(tmp_path):
     run_cli("train", "perceptron", "--dataset", "and", "--run-dir", tmp_path / "p", check=0)
     proc = run_cli("train", "mlp", "--resume", tmp_path / "p" / "last.safetensors")
     assert proc.returncode == 2 and "perceptron checkpoint" in proc.stderr
+
+
+def test_resume_remembers_the_data_dir(tmp_path, mnist_dir):
+    data = tmp_path / "data"
+    data.symlink_to(mnist_dir.resolve(), target_is_directory=True)
+    args = ["train", "mlp", "--set", "hidden=[16]", "--batch-size", "512"]
+    run_cli(*args, "--epochs", "1", "--data-dir", data, "--run-dir", tmp_path / "run", check=0)
+    last = tmp_path / "run" / "last.safetensors"
+    resumed = run_cli(*args, "--epochs", "2", "--resume", last, check=0)
+    assert f"{data / 'mnist'} (--data-dir)" in " ".join(resumed.stderr.split())
+    data.unlink()
+    gone = run_cli(*args, "--epochs", "3", "--resume", last)
+    assert gone.returncode == 2 and "--data-dir" in gone.stderr and "Traceback" not in gone.stderr

@@ -88,7 +88,7 @@ def test_numbers_corpus_keeps_test_out_of_training():
 
 
 def test_tiny_model_learns_to_copy():
-    from dlcli.tasks.seq2seq import NoamSchedule
+    from dlcli.optim import Schedule
     from dlcli.translate import beam_search, greedy
 
     torch.manual_seed(0)
@@ -96,7 +96,7 @@ def test_tiny_model_learns_to_copy():
     model = Transformer(vocab, d_model=64, heads=4, encoder_layers=2, decoder_layers=2, d_ff=128,
                         dropout=0.0, max_positions=16)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, NoamSchedule(50))
+    sched = Schedule(opt, {"schedule": "noam", "warmup": 50})
 
     def batch(n):
         body = torch.randint(4, vocab, (n, 6))
@@ -110,7 +110,7 @@ def test_tiny_model_learns_to_copy():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
+        sched.after_step()
     model.eval()
     src, _ = batch(100)
     want = src[:, :-1].tolist()

@@ -240,6 +240,18 @@ def test_recon_shows_test_digits_above_reconstructions(trained):
     assert all(bytes(row) in fours for row in shown)
 
 
+def test_recon_reads_test_digits_from_data_dir(trained, cli, isolated, tmp_path):
+    ckpt = trained["vae"]
+    proc = cli("sample", "vae", "--checkpoint", ckpt, "--grid", "recon", "-n", "8",
+               "--data-dir", tmp_path / "missing", check=2)
+    assert "--data-dir" in proc.stderr and "not a folder" in proc.stderr
+    assert not list(isolated.glob("*.png"))
+    (tmp_path / "mnist").mkdir()  # no IDX files there: the look-up goes on (bundled subset)
+    proc = cli("sample", "vae", "--checkpoint", ckpt, "--grid", "recon", "-n", "8",
+               "--data-dir", tmp_path, "-o", "r.png", check=0)
+    assert (isolated / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # ---- bad input ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [

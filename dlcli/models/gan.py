@@ -58,6 +58,7 @@ class MLPDiscriminator(nn.Module):
                  batch_std: bool = False):
         super().__init__()
         self.classes, self.batch_std = classes, batch_std
+        self.per_sample = not batch_std  # each score depends on its own image alone
         layers, width = [], PIXELS + classes
         for h in hidden:
             layers += [nn.Linear(width, h), nn.LeakyReLU(0.2)]
@@ -101,6 +102,7 @@ class ConvDiscriminator(nn.Module):
     def __init__(self, width: int, batch_std: bool = False):
         super().__init__()
         self.batch_std = batch_std
+        self.per_sample = False  # BatchNorm: a score depends on the whole batch
         self.body = nn.Sequential(
             nn.Conv2d(1, width, 4, 2, 1), nn.LeakyReLU(0.2),  # 28 -> 14
             nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False),  # 14 -> 7

@@ -85,13 +85,18 @@ class Task:
             if clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, clip_norm)
             optimizer.step()
-            return
-        self.scaler.scale(loss).backward(inputs=inputs)
-        if clip_norm > 0:
-            self.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
-        self.scaler.step(optimizer)
-        self.scaler.update()
+        else:
+            self.scaler.scale(loss).backward(inputs=inputs)
+            if clip_norm > 0:
+                self.scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        if torch.is_autocast_enabled(params[0].device.type):
+            # autocast keeps its low-precision copies of the weights until the region ends;
+            # after this step they are stale, and a later forward in the same step (G
+            # against the just-updated D) must see the new weights
+            torch.clear_autocast_cache()
 
     def batch_items(self, batch) -> int:
         """How many items (images, tokens) a batch holds, for throughput."""

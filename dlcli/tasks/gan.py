@@ -95,7 +95,11 @@ class GANTask(ImageTask):
         fake = G(z, y)  # fakes of the same labels as the real batch (cgan)
 
         # D: maximise log D(x) + log(1 - D(G(z))); G's graph is cut off by detach()
-        real_logit, fake_logit = D(x, y), D(fake.detach(), y)
+        if D.per_sample:  # one pass over real and fake together: the same sums, faster
+            both = D(torch.cat([x, fake.detach()]), None if y is None else torch.cat([y, y]))
+            real_logit, fake_logit = both.chunk(2)
+        else:  # batch statistics (BatchNorm, batch_std) must see real and fake apart
+            real_logit, fake_logit = D(x, y), D(fake.detach(), y)
         d_loss = (F.binary_cross_entropy_with_logits(real_logit, torch.full_like(
             real_logit, self.real_target)) + F.binary_cross_entropy_with_logits(
             fake_logit, torch.zeros_like(fake_logit)))

@@ -2,7 +2,8 @@
 
 Batches hold about `batch_size` tokens (source + target, padding included): sentences of
 similar length are bucketed together, so padding stays small. The learning rate follows
-the paper's warm-up schedule, scaled so that it peaks at `lr` after `warmup` steps.
+the paper's warm-up schedule (`schedule: noam`), scaled so that it peaks at `lr` after
+`warmup` steps, or warm-up then a cosine decay to 0 at the last step (`schedule: cosine`).
 """
 
 from __future__ import annotations
@@ -17,18 +18,8 @@ from dlcli.console import notice
 from dlcli.data import text
 from dlcli.data.batches import epoch_permutation
 from dlcli.errors import DlcliError
+from dlcli.optim import Schedule
 from dlcli.tasks.base import Task
-
-
-class NoamSchedule:
-    """lr factor min(t / warmup, sqrt(warmup / t)): linear warm-up, then 1/sqrt(step)."""
-
-    def __init__(self, warmup: int):
-        self.warmup = max(1, warmup)
-
-    def __call__(self, step: int) -> float:
-        t = step + 1
-        return min(t / self.warmup, math.sqrt(self.warmup / t))
 
 
 def pad_rows(rows: list[list[int]], length: int) -> torch.Tensor:
@@ -119,8 +110,8 @@ class Seq2SeqTask(Task):
         self.modules = {"model": self.model}
         opt = torch.optim.Adam(self.model.parameters(), lr=c["lr"], betas=(0.9, 0.98), eps=1e-9)
         self.optimizers = {"model": opt}
-        noam = torch.optim.lr_scheduler.LambdaLR(opt, NoamSchedule(c["warmup"]))
-        self.schedulers = {"model": noam}
+        self.schedule = Schedule(opt, c)
+        self.schedulers = {"model": self.schedule.scheduler}
 
     def checkpoint_extra(self) -> dict[str, str]:
         return {"tokenizer": self.tokenizer.to_str()}
@@ -144,13 +135,19 @@ class Seq2SeqTask(Task):
                                              self.config["max_len"], self.device)
         return self.splits[name]
 
-    def train_batches(self, epoch: int):
+    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
         train = self.split("train")
         seed = self.config["seed"]
         order = length_sorted(train, epoch_permutation(len(train), seed, epoch))
         batches = token_batches(train, self.config["batch_size"], order)
         shuffle = epoch_permutation(len(batches), seed + 1, epoch)  # buckets in random order
-        return TokenBatches(train, [batches[i] for i in shuffle.tolist()])
+        return [batches[i] for i in shuffle.tolist()]
+
+    def train_batches(self, epoch: int):
+        if self.schedule.total_steps is None:
+            # an epoch's batch count varies a little with the shuffle; epoch 0's stands in
+            self.schedule.total_steps = len(self.epoch_batches(0)) * self.config["epochs"]
+        return TokenBatches(self.split("train"), self.epoch_batches(epoch))
 
     def eval_batches(self, name: str) -> TokenBatches:
         split = self.split(name)
@@ -166,7 +163,7 @@ class Seq2SeqTask(Task):
         src, tgt = batch
         loss = self.model.loss(src, tgt[:, :-1], tgt[:, 1:], self.config["label_smoothing"])
         self.optimize(loss, self.optimizers["model"], self.config["clip_norm"])
-        self.schedulers["model"].step()
+        self.schedule.after_step()
         return {"loss": loss.item()}
 
     @torch.no_grad()
