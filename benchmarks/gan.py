@@ -5,7 +5,8 @@ gan/gan.py, dcgan/dcgan.py, cgan/cgan.py); torchvision does not install beside t
 torch, so PEER_PATH must hold a stand-in `torchvision` package (datasets.MNIST as PIL
 images, transforms Compose/Resize/ToTensor/Normalize, utils.save_image).
 
-  speed    training images/s, the peer and dlcli alternately, same network and batch:
+  speed    training images/s, the peer and dlcli in turns: dlcli at the peer's batch in
+           float32, and dlcli at its default preset (its batch and precision):
            python benchmarks/gan.py speed --peer-dir PEER_DIR --peer-path PEER_PATH
   quality  our default preset and the peer trained at the same time for the same
            wall-clock (the peer is stopped when ours finishes), 10,000 samples of each
@@ -71,49 +72,63 @@ OURS = """
 import sys, time, torch
 from dlcli.config import resolve_config
 from dlcli.registry import get_spec
-from dlcli.train import seed_everything
-model, batch, seconds, data = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+from dlcli.train import autocast_for, resolve_precision, seed_everything
+model, batch, precision, seconds, data = sys.argv[1:6]
 spec = get_spec(model)
-config = resolve_config(model, None, [], batch_size=batch)
+config = resolve_config(model, None, [], batch_size=int(batch) if batch != "preset" else None)
+precision = resolve_precision(torch.device("cpu"), config["precision"] if precision == "preset"
+                              else precision)
 seed_everything(config["seed"])
 task = spec.load_task()(spec, config, torch.device("cpu"), data or None)
 task.setup_data()
 task.train_mode(True)
 batches = task.train_batches(0)
-task.train_step(batches[0])  # warm-up, as the peer's first batch is not counted
+with autocast_for(task.device, precision):  # as dlcli/train.py wraps each step
+    task.train_step(batches[0])  # warm-up, as the peer's first batch is not counted
 start, images, i = time.perf_counter(), 0, 1
-while time.perf_counter() - start < seconds:
+while time.perf_counter() - start < float(seconds):
     images += task.batch_items(batches[i])
-    task.train_step(batches[i])  # exactly what dlcli/train.py calls per batch
+    with autocast_for(task.device, precision):
+        task.train_step(batches[i])  # exactly what dlcli/train.py calls per batch
     i = i + 1 if i + 1 < len(batches) else 0
-print(images / (time.perf_counter() - start), i)
+print(images / (time.perf_counter() - start), i, config["batch_size"], precision)
 """
 
 
-def time_ours(model: str, batch: int, seconds: float) -> dict:
-    out = subprocess.run([sys.executable, "-c", OURS, model, str(batch), str(seconds),
+def time_ours(model: str, batch: str, precision: str, seconds: float) -> dict:
+    """img/s of dlcli's training step; batch and precision "preset" = the default preset's."""
+    out = subprocess.run([sys.executable, "-c", OURS, model, batch, precision, str(seconds),
                           str(DATA)], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
-    rate, steps = out.stdout.split()
-    return {"img_per_s": float(rate), "batches": int(steps)}
+    rate, steps, batch, precision = out.stdout.split()
+    return {"img_per_s": float(rate), "batches": int(steps), "batch": int(batch),
+            "precision": precision}
 
 
 def speed(args) -> None:
+    """Per model: the peer (batch 64, float32, its own DataLoader), dlcli at the peer's batch
+    in float32 (the same arithmetic), and dlcli as `dlcli train` runs it by default (the
+    preset's batch and precision), in turns so load changes hit every side alike."""
     peer_dir = Path(args.peer_dir)
     rows = []
     for model, script, extra in SPEED_CASES:
         if args.models and model not in args.models:
             continue
-        peer, ours = [], []
-        for _ in range(args.rounds):  # alternate, so load changes hit both sides alike
-            peer.append(time_peer(peer_dir / script, extra, args.peer_path, args.seconds))
-            ours.append(time_ours(model, 64, args.seconds))
-        p = statistics.median(r["img_per_s"] for r in peer)
-        o = statistics.median(r["img_per_s"] for r in ours)
-        row = {"model": model, "peer": f"{script} {' '.join(extra)}".strip(), "batch": 64,
-               "peer_img_per_s": round(p, 1), "dlcli_img_per_s": round(o, 1),
-               "ratio": round(o / p, 2), "rounds": args.rounds,
-               "threads": os.environ.get("OMP_NUM_THREADS", "default")}
+        runs = {"peer": [], "same": [], "preset": []}
+        for _ in range(args.rounds):
+            runs["peer"].append(time_peer(peer_dir / script, extra, args.peer_path, args.seconds))
+            runs["same"].append(time_ours(model, "64", "32", args.seconds))
+            runs["preset"].append(time_ours(model, "preset", "preset", args.seconds))
+        rate = {k: statistics.median(r["img_per_s"] for r in v) for k, v in runs.items()}
+        preset = runs["preset"][0]
+        row = {"model": model, "peer": f"{script} {' '.join(extra)}".strip(),
+               "peer_img_per_s": round(rate["peer"], 1),
+               "dlcli_batch64_fp32_img_per_s": round(rate["same"], 1),
+               "ratio_batch64_fp32": round(rate["same"] / rate["peer"], 2),
+               "dlcli_preset": f"batch {preset['batch']}, precision {preset['precision']}",
+               "dlcli_preset_img_per_s": round(rate["preset"], 1),
+               "ratio_preset": round(rate["preset"] / rate["peer"], 2),
+               "rounds": args.rounds, "threads": os.environ.get("OMP_NUM_THREADS", "default")}
         rows.append(row)
         print(json.dumps(row), flush=True)
 

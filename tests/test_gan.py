@@ -73,6 +73,25 @@ def test_ema_off_and_batch_std(tmp_path):
     assert ckpt.state_dict("discriminator")["out.weight"].shape == (1, 32 + 1)
 
 
+def test_packed_discriminator_scores_groups():
+    from dlcli.models.gan import build_gan
+
+    config = tiny_config("dcgan", pack=4)
+    _, d = build_gan("dcgan", config)
+    x = torch.rand(8, 1, 28, 28)
+    assert d(x).shape == (2,)  # one logit per group of four
+    swapped = x.clone()
+    swapped[[0, 4]] = x[[4, 0]]  # the same images in other groups score otherwise
+    d.train(False)
+    assert not torch.allclose(d(swapped), d(x))
+
+
+def test_pack_must_divide_the_batch(cli, tmp_path):
+    proc = cli("train", "dcgan", "--set", "pack=3", "--batch-size", "64", "--run-dir", tmp_path / "r")
+    assert proc.returncode == 2 and "pack" in proc.stderr and "64" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_is_exact(tmp_path):
     """2 epochs straight == 1 epoch + resume: both optimizers, the RNG stream and the EMA
     come back, and the fixed-noise grid does not disturb the global RNG."""

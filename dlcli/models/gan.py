@@ -8,6 +8,7 @@ image, a discriminator D scores how real an image looks (a logit; sigmoid gives 
     dcgan  convolutional G and D (Radford et al., 2015), BatchNorm in both nets
                G: z -> 2C x 7 x 7 -> convT -> C x 14 x 14 -> convT -> 1 x 28 x 28, tanh
                D: 1 x 28 x 28 -> conv -> C x 14 x 14 -> conv -> 2C x 7 x 7 -> 1
+                  (pack: D scores groups of images stacked as channels, PacGAN)
     cgan   the MLP pair, each also fed the label as a one-hot vector (Mirza & Osindero, 2014);
            D also projects its features on a learned embedding of the label (Miyato & Koyama)
 
@@ -97,21 +98,25 @@ class ConvGenerator(nn.Module):
 
 class ConvDiscriminator(nn.Module):
     """Two stride-2 convolutions (no pooling) with LeakyReLU; BatchNorm on all but the
-    input layer, then one linear logit (batch_std: the batch's spread as an extra map)."""
+    input layer, then one linear logit (batch_std: the batch's spread as an extra map).
 
-    def __init__(self, width: int, batch_std: bool = False):
+    pack > 1: D scores groups of `pack` images stacked as channels, one logit per group
+    (PacGAN, Lin et al., 2018): a generator that draws few kinds of digit makes groups that
+    look alike, which real groups do not, so dropping modes is punished."""
+
+    def __init__(self, width: int, batch_std: bool = False, pack: int = 1):
         super().__init__()
-        self.batch_std = batch_std
+        self.batch_std, self.pack = batch_std, pack
         self.per_sample = False  # BatchNorm: a score depends on the whole batch
         self.body = nn.Sequential(
-            nn.Conv2d(1, width, 4, 2, 1), nn.LeakyReLU(0.2),  # 28 -> 14
+            nn.Conv2d(pack, width, 4, 2, 1), nn.LeakyReLU(0.2),  # 28 -> 14
             nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False),  # 14 -> 7
             nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
         )
         self.out = nn.Linear((2 * width + batch_std) * 7 * 7, 1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.body(x)
+        h = self.body(x.reshape(-1, self.pack, *x.shape[2:]))  # (B / pack) groups
         if self.batch_std:
             spread = h.std(0, unbiased=False).mean().expand(len(h), 1, 7, 7)
             h = torch.cat([h, spread], 1)
@@ -134,7 +139,7 @@ def build_gan(name: str, config: dict, classes: int = 10) -> tuple[nn.Module, nn
     latent = config["latent_dim"]
     if name == "dcgan":
         g = ConvGenerator(latent, config["width"])
-        d = ConvDiscriminator(config["width"], config["batch_std"])
+        d = ConvDiscriminator(config["width"], config["batch_std"], config["pack"])
         g.apply(dcgan_init)
         d.apply(dcgan_init)
         return g, d

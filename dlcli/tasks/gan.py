@@ -45,6 +45,10 @@ class GANTask(ImageTask):
 
         cfg = self.config
         self.conditional = self.spec.conditional
+        pack = cfg.get("pack", 1)
+        if pack < 1 or cfg["batch_size"] % pack:
+            raise DlcliError(f"pack must be a positive divisor of the batch size "
+                             f"({cfg['batch_size']}), got {pack}")
         self.generator, self.discriminator = (m.to(self.device) for m in build_gan(
             self.spec.name, cfg, self.classes))
         self.modules = {"generator": self.generator, "discriminator": self.discriminator}
