@@ -6,8 +6,8 @@ image, a discriminator D scores how real an image looks (a logit; sigmoid gives 
                D: 784 -> 512 -> 256 -> 1                           (LeakyReLU 0.2)
                   (+ the batch's spread as a feature before the last layer: batch_std)
     dcgan  convolutional G and D (Radford et al., 2015), BatchNorm in both nets
-               G: z -> 2C x 7 x 7 -> convT -> C x 14 x 14 -> convT -> 1 x 28 x 28, tanh
-               D: 1 x 28 x 28 -> conv -> C x 14 x 14 -> conv -> 2C x 7 x 7 -> 1
+               G: z -> 2C x 7 x 7 -> conv, convT -> C x 14 x 14 -> conv, convT -> 1 x 28 x 28, tanh
+               D: 1 x 28 x 28 -> conv -> C x 14 x 14 -> conv, conv -> 2C x 7 x 7 -> 1
                   (pack: D scores groups of images stacked as channels, PacGAN)
     cgan   the MLP pair, each also fed the label as a one-hot vector (Mirza & Osindero, 2014);
            D also projects its features on a learned embedding of the label (Miyato & Koyama)
@@ -78,18 +78,22 @@ class MLPDiscriminator(nn.Module):
 
 
 class ConvGenerator(nn.Module):
-    """Project z to a 7x7 map, then two stride-2 transposed convolutions up to 28x28;
-    BatchNorm + ReLU everywhere but the output (Radford et al.'s guidelines)."""
+    """Project z to a 7x7 map, then two stride-2 transposed convolutions up to 28x28, each
+    after a 3x3 convolution that works at the current size; BatchNorm + ReLU everywhere
+    but the output (Radford et al.'s guidelines)."""
 
     def __init__(self, latent: int, width: int):
         super().__init__()
         self.width = width
-        self.project = nn.Sequential(nn.Linear(latent, 2 * width * 7 * 7, bias=False),
-                                     nn.BatchNorm1d(2 * width * 7 * 7), nn.ReLU())
+        w = width
+        self.project = nn.Sequential(nn.Linear(latent, 2 * w * 7 * 7, bias=False),
+                                     nn.BatchNorm1d(2 * w * 7 * 7), nn.ReLU())
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),  # 7 -> 14
-            nn.BatchNorm2d(width), nn.ReLU(),
-            nn.ConvTranspose2d(width, 1, 4, 2, 1), nn.Tanh(),  # 14 -> 28
+            nn.Conv2d(2 * w, 2 * w, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False),  # 7 -> 14
+            nn.BatchNorm2d(w), nn.ReLU(),
+            nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.ConvTranspose2d(w, 1, 4, 2, 1), nn.Tanh(),  # 14 -> 28
         )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,10 +112,12 @@ class ConvDiscriminator(nn.Module):
         super().__init__()
         self.batch_std, self.pack = batch_std, pack
         self.per_sample = False  # BatchNorm: a score depends on the whole batch
+        w = width
         self.body = nn.Sequential(
-            nn.Conv2d(pack, width, 4, 2, 1), nn.LeakyReLU(0.2),  # 28 -> 14
-            nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False),  # 14 -> 7
-            nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
+            nn.Conv2d(pack, w, 4, 2, 1), nn.LeakyReLU(0.2),  # 28 -> 14
+            nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2),
+            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False),  # 14 -> 7
+            nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2),
         )
         self.out = nn.Linear((2 * width + batch_std) * 7 * 7, 1)
 
