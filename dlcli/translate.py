@@ -127,12 +127,21 @@ class Translator:
     def __init__(self, model, tokenizer, alpha: float = 0.6):
         self.model, self.tokenizer, self.alpha = model, tokenizer, alpha
         self.max_source = model.max_positions - 1
+        self.warned_unknown = False
 
     def encode_sources(self, sentences: list[str], line_numbers=None) -> list[list[int]]:
         rows = []
-        for i, ids in enumerate(text.encode(self.tokenizer, sentences)):
+        encodings = self.tokenizer.encode_batch(sentences, add_special_tokens=False)
+        for i, encoding in enumerate(encodings):
+            ids = encoding.ids
+            line = line_numbers[i] if line_numbers else i + 1
+            if text.UNK in ids and not self.warned_unknown:
+                unseen = sorted({sentences[i][a:b] for t, (a, b) in zip(ids, encoding.offsets)
+                                 if t == text.UNK})
+                warn(f"line {line}: {' '.join(unseen)} never seen in training, so left out of "
+                     "the translation (said once)")
+                self.warned_unknown = True
             if len(ids) > self.max_source - 1:
-                line = line_numbers[i] if line_numbers else i + 1
                 warn(f"line {line}: {len(ids)} tokens, more than the model's "
                      f"{self.max_source - 1}; translating the first {self.max_source - 1}")
                 ids = ids[:self.max_source - 1]

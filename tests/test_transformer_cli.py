@@ -58,6 +58,11 @@ def test_one_line_in_one_line_out(tiny):
     err = proc.stderr.decode()
     assert err.count("UTF-8") == 1 and "line 4" in err
     assert "line 5" in err and "first" in err  # the over-long line is truncated, not fatal
+    assert err.count("never seen in training") == 1  # unknown characters: said once
+    proc = run_cli("translate", "--checkpoint", ckpt, "--beam", "1", cwd=folder,
+                   input="12 ☃\n".encode(), check=0, env=ONE_THREAD)
+    assert proc.stdout.decode().count("\n") == 1
+    assert "line 1: ☃ never seen in training" in " ".join(proc.stderr.decode().split())
     # no newline after the last line, and beam search: still one line each
     proc = run_cli("translate", "--checkpoint", ckpt, "--beam", "3", cwd=folder,
                    input=b"5\n\n6", check=0, env=ONE_THREAD)
