@@ -10,6 +10,7 @@ from dlcli.errors import DlcliError
 
 SCHEDULES = ("constant", "exponential", "cosine", "noam")
 
+
 def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
     name = config.get("optimizer", "adam")
     lr, wd = config["lr"], config.get("weight_decay", 0.0)

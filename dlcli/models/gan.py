@@ -84,8 +84,7 @@ class ConvGenerator(nn.Module):
 
     def __init__(self, latent: int, width: int):
         super().__init__()
-        self.width = width
-        w = width
+        self.width = w = width
         self.project = nn.Sequential(nn.Linear(latent, 2 * w * 7 * 7, bias=False),
                                      nn.BatchNorm1d(2 * w * 7 * 7), nn.ReLU())
         self.up = nn.Sequential(
@@ -119,7 +118,7 @@ class ConvDiscriminator(nn.Module):
             nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False),  # 14 -> 7
             nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2),
         )
-        self.out = nn.Linear((2 * width + batch_std) * 7 * 7, 1)
+        self.out = nn.Linear((2 * w + batch_std) * 7 * 7, 1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.body(x.reshape(-1, self.pack, *x.shape[2:]))  # (B / pack) groups

@@ -144,10 +144,12 @@ class Seq2SeqTask(Task):
         return [batches[i] for i in shuffle.tolist()]
 
     def train_batches(self, epoch: int):
+        batches = self.epoch_batches(epoch)
         if self.schedule.total_steps is None:
             # an epoch's batch count varies a little with the shuffle; epoch 0's stands in
-            self.schedule.total_steps = len(self.epoch_batches(0)) * self.config["epochs"]
-        return TokenBatches(self.split("train"), self.epoch_batches(epoch))
+            first = batches if epoch == 0 else self.epoch_batches(0)
+            self.schedule.total_steps = len(first) * self.config["epochs"]
+        return TokenBatches(self.split("train"), batches)
 
     def eval_batches(self, name: str) -> TokenBatches:
         split = self.split(name)
