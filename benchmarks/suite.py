@@ -6,9 +6,10 @@ shared machine falls on every side alike:
   dlcli      the in-memory uint8 tensor, batched by indexing (dlcli's own path), under
              the preset's precision (`auto`: bf16 autocast where the CPU has it);
   fp32       the same in float32 (only when the preset trains in another precision);
-  baseline   a torch DataLoader over a map-style Dataset with a per-sample transform
-             (uint8 -> float tensor, one image at a time), in float32, as the common
-             tutorials do.
+  baseline   the same network, loss and batch size trained the way the common tutorials
+             do: a torch DataLoader over torchvision-style MNIST items (one PIL image at a
+             time through ToTensor, benchmarks/tutorial_data.py), each optimizer built
+             plainly as `torch.optim.Adam(model.parameters(), ...)`, float32.
 It also times sampling (images/s) and reports peak memory. The Transformer row compares
 dlcli's Transformer with torch.nn.Transformer of the same size on the same batches
 (benchmarks/transformer.py has the details) when that module is present.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import platform
@@ -32,39 +34,46 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tutorial_data import TutorialMNIST  # noqa: E402  (benchmarks/, beside this file)
 
 from dlcli.config import resolve_config  # noqa: E402
 from dlcli.registry import get_spec, list_models  # noqa: E402
 
 
-class PerSampleDataset(torch.utils.data.Dataset):
-    """The tutorial way, as torchvision's MNIST + ToTensor() do it: index one image, make
-    it a PIL image, turn that back into a float tensor in [0, 1], let the loader collate."""
+def build_task(model: str, data_dir, overrides=(), tutorial: bool = False):
+    """The task as `dlcli train` builds it on this CPU, and the precision it trains in.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images.squeeze(1).numpy(), labels.tolist()
+    tutorial: the same network, loss and batch as a tutorial trains them instead: float32,
+    the default memory layout, and each optimizer as `torch.optim.Adam(model.parameters(),
+    lr=...)` makes it, whose CPU default steps the tensors one by one in Python."""
+    from dlcli.train import resolve_precision, use_fast_paths
 
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        picture = Image.fromarray(self.images[i], mode="L")
-        x = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy())
-        return x.unsqueeze(0).float().div(255), self.labels[i]
-
-
-def build_task(model: str, data_dir, overrides=()):
     spec = get_spec(model)
     config = resolve_config(model, None, overrides)
-    task = spec.load_task()(spec, config, torch.device("cpu"), data_dir)
+    device = torch.device("cpu")
+    task = spec.load_task()(spec, config, device, data_dir)
+    if tutorial:
+        precision = "32"
+        task.optimizers = {k: tutorial_optimizer(o) for k, o in task.optimizers.items()}
+    else:
+        precision = resolve_precision(device, config.get("precision", "32"))
+        use_fast_paths(task.modules, device, precision)
     task.setup_data()
     task.train_mode(True)
-    return task
+    return task, precision
+
+
+def tutorial_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same optimizer and settings, made the plain way (neither fused nor foreach)."""
+    kind = type(optimizer)
+    accepted = inspect.signature(kind).parameters
+    settings = {k: v for k, v in optimizer.defaults.items()
+                if k in accepted and k not in ("fused", "foreach")}
+    return kind(optimizer.param_groups[0]["params"], **settings)
 
 
 def endless(make_iter):
@@ -86,39 +95,39 @@ def time_shared(sides: dict, seconds: float, chunk: int = 5) -> dict:
 
 def bench_image_model(model: str, data_dir, seconds: float) -> dict:
     """Three sides, time-shared: dlcli as `dlcli train` runs it (the preset's precision),
-    dlcli in float32, and the tutorial way (float32, as the tutorials train)."""
-    from dlcli.train import autocast_for, resolve_precision
+    dlcli in float32, and the same network trained the tutorial way."""
+    from dlcli.train import autocast_for
 
-    task = build_task(model, data_dir)
-    x, y = task.train_data
+    task, precision = build_task(model, data_dir)
+    tutorial, _ = build_task(model, data_dir, tutorial=True)
     bs = task.config["batch_size"]
-    precision = resolve_precision(task.device, task.config.get("precision", "32"))
     ours = endless(lambda: iter(task.train_batches(0)))
-    loader = torch.utils.data.DataLoader(PerSampleDataset(x, y), batch_size=bs, shuffle=True,
-                                         drop_last=task.drop_last)
+    loader = torch.utils.data.DataLoader(TutorialMNIST(*tutorial.train_data), batch_size=bs,
+                                         shuffle=True, drop_last=task.drop_last)
     theirs = endless(lambda: iter(loader))
 
-    def steps(source, precision="32"):
+    def steps(trainee, source, precision="32"):
         def run(k):
             n = 0
             for _ in range(k):
                 batch = next(source)
-                with autocast_for(task.device, precision):
-                    task.train_step(batch)
+                with autocast_for(trainee.device, precision):
+                    trainee.train_step(batch)
                 n += len(batch[0])
             return n
         return run
 
-    next(theirs), next(ours)  # warm both paths up
-    sides = {"dlcli": steps(ours, precision), "baseline": steps(theirs)}
+    sides = {"dlcli": steps(task, ours, precision), "baseline": steps(tutorial, theirs)}
     if precision != "32":
-        sides["dlcli_fp32"] = steps(ours)
+        sides["dlcli_fp32"] = steps(task, ours)
+    for side in sides.values():
+        side(1)  # warm every path up
     rates = time_shared(sides, seconds)
     fp32 = rates.get("dlcli_fp32", rates["dlcli"])
     row = {"model": model, "unit": "img/s", "batch": bs, "precision": precision,
            "dlcli": rates["dlcli"], "dlcli_fp32": fp32, "baseline": rates["baseline"],
            "ratio": rates["dlcli"] / rates["baseline"], "ratio_fp32": fp32 / rates["baseline"],
-           "baseline_kind": "DataLoader, per-sample, float32"}
+           "baseline_kind": "DataLoader over per-sample ToTensor, plain torch.optim, float32"}
     if get_spec(model).samples:
         task.train_mode(False)
         t0, n = time.perf_counter(), 0

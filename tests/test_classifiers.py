@@ -30,6 +30,34 @@ def test_mlp_learns_xor():
     assert metrics["accuracy"] == 1.0
 
 
+def test_batchnorm_is_the_formula():
+    """BN(h) = beta + gamma (h - E[h]) / sqrt(Var[h] + eps) with the batch's statistics in
+    training, the running averages (unbiased variance, moved by momentum) in evaluation."""
+    import torch
+
+    from dlcli.models.mlp import BatchNorm
+
+    torch.manual_seed(0)
+    bn = BatchNorm(5, eps=1e-3, momentum=0.25)
+    with torch.no_grad():
+        bn.gamma.uniform_(0.5, 2), bn.beta.normal_()
+    h = torch.randn(16, 5) * 3 + 1
+    mean, var = h.mean(0), h.var(0, unbiased=False)
+    expected = bn.beta + bn.gamma * (h - mean) / torch.sqrt(var + 1e-3)
+    assert torch.allclose(bn(h), expected, atol=1e-5)
+    assert torch.allclose(bn.running_mean, 0.25 * mean, atol=1e-6)
+    assert torch.allclose(bn.running_var, 0.75 + 0.25 * h.var(0, unbiased=True), atol=1e-5)
+    bn.eval()
+    frozen = bn.beta + bn.gamma * (h - bn.running_mean) / torch.sqrt(bn.running_var + 1e-3)
+    assert torch.allclose(bn(h), frozen, atol=1e-5)
+    # over the channels of an image batch: statistics over batch and both spatial axes
+    bn.train()
+    x = torch.randn(4, 5, 3, 3)
+    m, v = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), unbiased=False, keepdim=True)
+    g, b = bn.gamma.view(1, -1, 1, 1), bn.beta.view(1, -1, 1, 1)
+    assert torch.allclose(bn(x), b + g * (x - m) / torch.sqrt(v + 1e-3), atol=1e-5)
+
+
 def test_mlp_run_folder_checkpoint_inspect_evaluate(tmp_path):
     proc = run_cli("train", "mlp", "--epochs", "2", "--set", "hidden=[64]", check=0)
     ckpt = Path(proc.stdout.strip().splitlines()[-1])

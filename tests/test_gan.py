@@ -66,6 +66,26 @@ def test_training_writes_run_with_both_networks(trained, model):
     assert any(not torch.equal(live[k], avg[k]) for k in live if live[k].is_floating_point())
 
 
+def test_ema_follows_the_generator_in_channels_last_memory():
+    """Moving the conv nets to channels-last (bf16 on a CPU, any CUDA run) gives them new
+    tensors; the EMA must average those, not the ones the task was built with."""
+    from dlcli.train import use_fast_paths
+
+    spec = get_spec("dcgan")
+    task = spec.load_task()(spec, tiny_config("dcgan"), torch.device("cpu"))
+    use_fast_paths(task.modules, torch.device("cpu"), "bf16")
+    conv = next(m for m in task.generator.modules() if isinstance(m, torch.nn.ConvTranspose2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in task.ema.state_dict().items()}
+    with torch.no_grad():
+        for p in task.generator.parameters():
+            p.zero_()
+    task.update_ema()  # the first update: decay 2/11, so the average moves 9/11 of the way
+    after = task.ema.state_dict()
+    for name, p in task.ema.named_parameters():
+        assert torch.allclose(after[name], before[name] * 2 / 11, atol=1e-6), name
+
+
 def test_ema_off_and_batch_std(tmp_path):
     ckpt = load_checkpoint(train_tiny("gan", tmp_path / "r", ema=0, batch_std="true"))
     assert sorted(ckpt.module_names()) == ["discriminator", "generator"]

@@ -13,11 +13,19 @@ distribution steady lets the network train at learning rates that break it other
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class BatchNorm(nn.Module):
-    """BN over the batch (and any spatial axes) for each feature/channel in dim 1."""
+    """BN over the batch (and any spatial axes) for each feature/channel in dim 1.
+
+    In training, E[h] and Var[h] (biased) are the batch's own, and the running averages
+    move towards them (the variance unbiased) by `momentum`; in evaluation the running
+    averages stand in. PyTorch's batch_norm kernel computes exactly the formula above, in
+    one pass forward and one back, where writing it out costs ten elementwise passes
+    (a third of a training step of the MNIST MLP); tests/test_classifiers.py checks the
+    two agree."""
 
     def __init__(self, features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
@@ -28,20 +36,8 @@ class BatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(features))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        axes = [0] + list(range(2, h.dim()))  # everything but the feature axis
-        shape = [1, -1] + [1] * (h.dim() - 2)
-        if self.training:
-            mean = h.mean(axes)
-            var = h.var(axes, unbiased=False)
-            with torch.no_grad():
-                n = h.numel() / h.shape[1]
-                # (float() because under autocast the statistics may be bfloat16)
-                self.running_mean.lerp_(mean.float(), self.momentum)
-                self.running_var.lerp_(var.float() * n / max(n - 1, 1), self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        h_hat = (h - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
-        return self.beta.view(shape) + self.gamma.view(shape) * h_hat
+        return F.batch_norm(h, self.running_mean, self.running_var, self.gamma, self.beta,
+                            training=self.training, momentum=self.momentum, eps=self.eps)
 
 
 class MLP(nn.Module):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from dlcli.console import warn
 from dlcli.errors import DlcliError
+from dlcli.optim import make_optimizer
 from dlcli.tasks.image import ImageTask, interpolation_path, labels_for, to_unit_float
 
 D_COLLAPSE_STEPS = 200  # consecutive steps with D's loss at its floor before we warn
@@ -56,20 +57,12 @@ class GANTask(ImageTask):
         if cfg["ema"] > 0:
             self.ema = copy.deepcopy(self.generator).requires_grad_(False)
             self.modules["generator_ema"] = self.ema
-            # each averaged tensor (weights and BatchNorm statistics) beside its live one
-            live = self.generator.state_dict()
-            pairs = [(avg, live[k]) for k, avg in self.ema.state_dict().items()]
-            floats = [p for p in pairs if p[0].is_floating_point()]
-            self.ema_floats = [[a for a, _ in floats], [b for _, b in floats]]
-            self.ema_counts = [p for p in pairs if not p[0].is_floating_point()]
+            self.ema_pairs = None  # paired at the first update, see update_ema
         betas = (cfg["beta1"], cfg["beta2"])
-        # fused: one pass over each tensor per step; at these sizes the unfused Adam takes
-        # as long as the forward and backward passes together on a CPU
-        adam = dict(betas=betas, fused=True)
+        d_lr = cfg["lr"] * cfg["d_lr_scale"]
         self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), lr=cfg["lr"], **adam),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(),
-                                              lr=cfg["lr"] * cfg["d_lr_scale"], **adam),
+            "generator": make_optimizer(self.generator.parameters(), {"lr": cfg["lr"]}, betas=betas),
+            "discriminator": make_optimizer(self.discriminator.parameters(), {"lr": d_lr}, betas=betas),
         }
         self.real_target = 1.0 - cfg["label_smoothing"]
         # The least loss D can reach: it is not 0 when real targets are smoothed.
@@ -128,10 +121,20 @@ class GANTask(ImageTask):
             return
         # Warm-up: average over the steps so far until that exceeds `ema`, so the early
         # average is not dominated by the random initial weights.
+        if self.ema_pairs is None:
+            # each averaged tensor (weights and BatchNorm statistics) beside its live one;
+            # paired here, not in build, as moving the modules to channels-last memory
+            # (use_fast_paths) gives them new tensors
+            live = self.generator.state_dict()
+            pairs = [(avg, live[k]) for k, avg in self.ema.state_dict().items()]
+            floats = [p for p in pairs if p[0].is_floating_point()]
+            self.ema_pairs = ([a for a, _ in floats], [b for _, b in floats],
+                              [p for p in pairs if not p[0].is_floating_point()])
+        averages, lives, counts = self.ema_pairs
         self.ema_steps += 1
         decay = min(self.config["ema"], (1 + self.ema_steps) / (10 + self.ema_steps))
-        torch._foreach_lerp_(*self.ema_floats, 1 - decay)  # BatchNorm running stats too
-        for avg, live in self.ema_counts:
+        torch._foreach_lerp_(averages, lives, 1 - decay)  # BatchNorm running stats too
+        for avg, live in counts:
             avg.copy_(live)
 
     @torch.no_grad()

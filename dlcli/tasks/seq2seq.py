@@ -18,7 +18,7 @@ from dlcli.console import notice
 from dlcli.data import text
 from dlcli.data.batches import epoch_permutation
 from dlcli.errors import DlcliError
-from dlcli.optim import Schedule
+from dlcli.optim import Schedule, make_optimizer
 from dlcli.tasks.base import Task
 
 
@@ -108,7 +108,7 @@ class Seq2SeqTask(Task):
             pre_norm=c["pre_norm"], max_positions=c["max_len"] + 1, pad_id=text.PAD,
         ).to(self.device)
         self.modules = {"model": self.model}
-        opt = torch.optim.Adam(self.model.parameters(), lr=c["lr"], betas=(0.9, 0.98), eps=1e-9)
+        opt = make_optimizer(self.model.parameters(), {"lr": c["lr"]}, betas=(0.9, 0.98), eps=1e-9)
         self.optimizers = {"model": opt}
         self.schedule = Schedule(opt, c)
         self.schedulers = {"model": self.schedule.scheduler}
