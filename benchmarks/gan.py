@@ -72,23 +72,25 @@ OURS = """
 import sys, time, torch
 from dlcli.config import resolve_config
 from dlcli.registry import get_spec
-from dlcli.train import autocast_for, resolve_precision, seed_everything
+from dlcli.train import (is_convolutional, precision_context, resolve_precision,
+                         seed_everything, use_fast_paths)
 model, batch, precision, seconds, data = sys.argv[1:6]
 spec = get_spec(model)
 config = resolve_config(model, None, [], batch_size=int(batch) if batch != "preset" else None)
-precision = resolve_precision(torch.device("cpu"), config["precision"] if precision == "preset"
-                              else precision)
 seed_everything(config["seed"])
 task = spec.load_task()(spec, config, torch.device("cpu"), data or None)
+precision = resolve_precision(task.device, config["precision"] if precision == "preset"
+                              else precision, convolutional=is_convolutional(task.modules))
+use_fast_paths(task.modules, task.device, precision)  # as dlcli/train.py does
 task.setup_data()
 task.train_mode(True)
 batches = task.train_batches(0)
-with autocast_for(task.device, precision):  # as dlcli/train.py wraps each step
+with precision_context(task.device, precision):  # as dlcli/train.py wraps each step
     task.train_step(batches[0])  # warm-up, as the peer's first batch is not counted
 start, images, i = time.perf_counter(), 0, 1
 while time.perf_counter() - start < float(seconds):
     images += task.batch_items(batches[i])
-    with autocast_for(task.device, precision):
+    with precision_context(task.device, precision):
         task.train_step(batches[i])  # exactly what dlcli/train.py calls per batch
     i = i + 1 if i + 1 < len(batches) else 0
 print(images / (time.perf_counter() - start), i, config["batch_size"], precision)

@@ -4,7 +4,8 @@ For each image model the same Task (network, loss, optimizer step: what `dlcli t
 runs) is fed in turn, time-shared chunk by chunk in one process so the load of a
 shared machine falls on every side alike:
   dlcli      the in-memory uint8 tensor, batched by indexing (dlcli's own path), under
-             the preset's precision (`auto`: bf16 autocast where the CPU has it);
+             the preset's precision (`auto`, where the CPU multiplies bfloat16 natively:
+             bf16 autocast for the conv nets, bf16 matrix products for the others);
   fp32       the same in float32 (only when the preset trains in another precision);
   baseline   the same network, loss and batch size trained the way the common tutorials
              do: a torch DataLoader over torchvision-style MNIST items (one PIL image at a
@@ -50,7 +51,7 @@ def build_task(model: str, data_dir, overrides=(), tutorial: bool = False):
     tutorial: the same network, loss and batch as a tutorial trains them instead: float32,
     the default memory layout, and each optimizer as `torch.optim.Adam(model.parameters(),
     lr=...)` makes it, whose CPU default steps the tensors one by one in Python."""
-    from dlcli.train import resolve_precision, use_fast_paths
+    from dlcli.train import is_convolutional, resolve_precision, use_fast_paths
 
     spec = get_spec(model)
     config = resolve_config(model, None, overrides)
@@ -60,7 +61,8 @@ def build_task(model: str, data_dir, overrides=(), tutorial: bool = False):
         precision = "32"
         task.optimizers = {k: tutorial_optimizer(o) for k, o in task.optimizers.items()}
     else:
-        precision = resolve_precision(device, config.get("precision", "32"))
+        precision = resolve_precision(device, config.get("precision", "32"),
+                                      convolutional=is_convolutional(task.modules))
         use_fast_paths(task.modules, device, precision)
     task.setup_data()
     task.train_mode(True)
@@ -96,7 +98,7 @@ def time_shared(sides: dict, seconds: float, chunk: int = 5) -> dict:
 def bench_image_model(model: str, data_dir, seconds: float) -> dict:
     """Three sides, time-shared: dlcli as `dlcli train` runs it (the preset's precision),
     dlcli in float32, and the same network trained the tutorial way."""
-    from dlcli.train import autocast_for
+    from dlcli.train import precision_context
 
     task, precision = build_task(model, data_dir)
     tutorial, _ = build_task(model, data_dir, tutorial=True)
@@ -111,7 +113,7 @@ def bench_image_model(model: str, data_dir, seconds: float) -> dict:
             n = 0
             for _ in range(k):
                 batch = next(source)
-                with autocast_for(trainee.device, precision):
+                with precision_context(trainee.device, precision):
                     trainee.train_step(batch)
                 n += len(batch[0])
             return n

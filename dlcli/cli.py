@@ -136,7 +136,10 @@ def train(
     data: List[Path] = typer.Option([], "--data", help="Your own parallel text: FILE.tsv, or "
                                     "--data SRC --data TGT (transformer)."),
     precision: Optional[str] = typer.Option(
-        None, "--precision", help="32, bf16, 16-mixed (CUDA) or auto; default: the preset's, else 32."),
+        None, "--precision",
+        help="32; bf16 (autocast); bf16-matmul (float32, bfloat16 matrix products); 16-mixed "
+             "(CUDA); auto (bf16 for conv nets, bf16-matmul for the rest, where native). "
+             "Default: the preset's, else 32."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node",
                                        help="Data-parallel processes (launches torchrun)."),

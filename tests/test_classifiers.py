@@ -119,6 +119,30 @@ def test_bf16_precision_trains_on_cpu():
     assert bad.returncode == 2 and "bf16" in bad.stderr
 
 
+def test_bf16_matmul_precision_and_what_auto_picks():
+    import torch
+
+    from dlcli.train import Bf16Matmuls, resolve_precision
+
+    cpu = torch.device("cpu")
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert resolve_precision(cpu, "auto", convolutional=True) == ("bf16" if native else "32")
+    assert resolve_precision(cpu, "auto") == ("bf16-matmul" if native else "32")
+    a, b = torch.randn(64, 300), torch.randn(300, 50)
+    exact = a @ b
+    before = torch.get_float32_matmul_precision()
+    with Bf16Matmuls():
+        inside = a @ b
+    assert torch.get_float32_matmul_precision() == before
+    assert torch.equal(a @ b, exact) and inside.dtype == torch.float32
+    if native:  # the inputs were rounded to bfloat16, the sums kept in float32
+        rounded = a.bfloat16().float() @ b.bfloat16().float()
+        assert (inside - rounded).abs().max() < 1e-3 < (inside - exact).abs().max()
+    proc = run_cli("train", "mlp", "--dataset", "xor", "--precision", "bf16-matmul", check=0)
+    metrics = json.loads(run_cli("evaluate", proc.stdout.strip(), "--json", check=0).stdout)
+    assert metrics["accuracy"] == 1.0
+
+
 def test_a_forward_after_a_step_sees_the_new_weights_under_bf16():
     """autocast caches bf16 copies of the weights for its whole region: Task.optimize must
     drop them, or G's step in a GAN would score its fakes with D's old weights."""
