@@ -72,16 +72,13 @@ OURS = """
 import sys, time, torch
 from dlcli.config import resolve_config
 from dlcli.registry import get_spec
-from dlcli.train import (is_convolutional, precision_context, resolve_precision,
-                         seed_everything, use_fast_paths)
+from dlcli.train import apply_precision, precision_context, seed_everything
 model, batch, precision, seconds, data = sys.argv[1:6]
 spec = get_spec(model)
 config = resolve_config(model, None, [], batch_size=int(batch) if batch != "preset" else None)
 seed_everything(config["seed"])
 task = spec.load_task()(spec, config, torch.device("cpu"), data or None)
-precision = resolve_precision(task.device, config["precision"] if precision == "preset"
-                              else precision, convolutional=is_convolutional(task.modules))
-use_fast_paths(task.modules, task.device, precision)  # as dlcli/train.py does
+precision = apply_precision(task, None if precision == "preset" else precision)
 task.setup_data()
 task.train_mode(True)
 batches = task.train_batches(0)

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ def build_task(model: str, data_dir, overrides=(), tutorial: bool = False):
     tutorial: the same network, loss and batch as a tutorial trains them instead: float32,
     the default memory layout, and each optimizer as `torch.optim.Adam(model.parameters(),
     lr=...)` makes it, whose CPU default steps the tensors one by one in Python."""
-    from dlcli.train import is_convolutional, resolve_precision, use_fast_paths
+    from dlcli.train import apply_precision
 
     spec = get_spec(model)
     config = resolve_config(model, None, overrides)
@@ -60,10 +61,11 @@ def build_task(model: str, data_dir, overrides=(), tutorial: bool = False):
     if tutorial:
         precision = "32"
         task.optimizers = {k: tutorial_optimizer(o) for k, o in task.optimizers.items()}
+        # the task's schedule still drives the optimizer it was built with, which never
+        # steps now; the rate does not matter for timing, torch's warning about it neither
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
     else:
-        precision = resolve_precision(device, config.get("precision", "32"),
-                                      convolutional=is_convolutional(task.modules))
-        use_fast_paths(task.modules, device, precision)
+        precision = apply_precision(task)
     task.setup_data()
     task.train_mode(True)
     return task, precision

@@ -85,23 +85,28 @@ def tutorial_training(images, labels, seed: int = 1):
 # ---- the dlcli way -------------------------------------------------------------------
 
 def dlcli_task(data_dir, overrides=()):
-    from dlcli.train import seed_everything
+    from dlcli.train import apply_precision, seed_everything
 
     config = resolve_config("vae", None, overrides)
     seed_everything(config["seed"])
     task = VAETask(get_spec("vae"), config, torch.device("cpu"), data_dir)
+    task.precision = apply_precision(task)  # the preset's, as `dlcli train` applies it
     task.setup_data()
     return task
 
 
 def dlcli_training(task, run_dir=None, forever: bool = False):
     """What `dlcli train` does per step (and per epoch, unless `forever`)."""
+    from dlcli.train import precision_context
+
+    within = precision_context(task.device, task.precision)
     for epoch in itertools.count() if forever else range(task.config["epochs"]):
         task.train_mode(True)
         batches = task.train_batches(epoch)
         for i in range(len(batches)):
             batch = batches[i]
-            task.train_step(batch)
+            with within:
+                task.train_step(batch)
             yield len(batch[0])
         if not forever:
             task.train_mode(False)

@@ -320,6 +320,15 @@ def use_fast_paths(modules: dict, device: torch.device, precision: str) -> None:
             module.to(memory_format=torch.channels_last)
 
 
+def apply_precision(task, precision: str | None = None) -> str:
+    """Resolve `precision` (None: the config's, else 32) for the task's networks and device,
+    and put the networks in the memory layout that runs fastest under it."""
+    precision = resolve_precision(task.device, precision or task.config.get("precision", "32"),
+                                  convolutional=is_convolutional(task.modules))
+    use_fast_paths(task.modules, task.device, precision)
+    return precision
+
+
 def compile_modules(modules: dict) -> None:
     """--compile: compile each module's forward in place, so state-dict keys stay plain
     (torch.compile's wrapper would prefix them with `_orig_mod.`). Compilation happens at
@@ -403,10 +412,8 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
             raise DlcliError(f"{resume.path} was trained on data from {data_dir}, which is gone; "
                              "pass --data-dir")
     task = spec.load_task()(spec, config, dev, data_dir, meta=resume.meta if resume else None)
-    precision = resolve_precision(dev, precision or config.get("precision", "32"),
-                                  convolutional=is_convolutional(task.modules))
+    precision = apply_precision(task, precision)
     task.setup_data()
-    use_fast_paths(task.modules, dev, precision)
     if compile:
         compile_modules(task.modules)
     where = f", {d.world} processes" if d.active else ""
