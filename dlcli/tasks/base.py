@@ -1,7 +1,8 @@
 """The Task interface: what a model family tells the one training loop.
 
-A Task owns its modules (`self.modules`, saved as "model/<name>/..."), its optimizers and
-schedulers, and its data. The loop in dlcli/train.py calls, per epoch:
+A Task owns its modules (`self.modules`, saved as "model/<name>/..."; made by build()), its
+optimizers and schedulers (made by build_optimizers(), for training only), and its data.
+The loop in dlcli/train.py calls, per epoch:
 
     batches = task.train_batches(epoch)      # a Sequence; deterministic for (seed, epoch)
     for batch in batches: logs = task.train_step(batch)   # logs: floats, "loss" first
@@ -9,8 +10,8 @@ schedulers, and its data. The loop in dlcli/train.py calls, per epoch:
     task.end_of_epoch(epoch, run_dir)        # pictures into run_dir/samples
 
 and saves checkpoints holding task.modules, task.training_state() and
-task.checkpoint_extra(). `sample`, `evaluate` and `translate` rebuild a Task with
-`Task.from_checkpoint(ckpt, device)`.
+task.checkpoint_extra(). `sample`, `evaluate` and `translate` rebuild a Task, without
+optimizers, with `Task.from_checkpoint(ckpt, device)`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Task:
     item_name = "img"  # unit of throughput on the progress bar (img/s, tok/s)
 
     def __init__(self, spec, config: dict, device: torch.device, data_dir=None,
-                 meta: dict[str, str] | None = None):
+                 meta: dict[str, str] | None = None, trains: bool = True):
         self.spec = spec
         self.meta = meta or {}  # checkpoint metadata when rebuilt from one (a tokenizer, say)
         self.config = config
@@ -37,14 +38,19 @@ class Task:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, object] = {}
         self.build()
+        if trains:  # sampling and evaluating need none (and making one costs a second)
+            self.build_optimizers()
 
     # ---- to implement -------------------------------------------------------------
     def build(self) -> None:
-        """Create self.modules (on self.device), self.optimizers, self.schedulers.
+        """Create self.modules (on self.device).
 
         When rebuilt from a checkpoint, self.meta holds its metadata (what
         checkpoint_extra() saved), so a tokenizer can be restored before the modules."""
         raise NotImplementedError
+
+    def build_optimizers(self) -> None:
+        """Create self.optimizers and self.schedulers (tasks that train only)."""
 
     def setup_data(self) -> None:
         """Load the training/validation data named by the config (train and evaluate only)."""
@@ -129,7 +135,7 @@ class Task:
 
     @classmethod
     def from_checkpoint(cls, spec, ckpt, device, data_dir=None) -> "Task":
-        task = cls(spec, ckpt.config, device, data_dir, meta=ckpt.meta)
+        task = cls(spec, ckpt.config, device, data_dir, meta=ckpt.meta, trains=False)
         ckpt.load_into(task.modules)
         task.train_mode(False)
         return task

@@ -41,12 +41,15 @@ class ClassifierTask(ImageTask):
         self.model = model.to(self.device)
         self.modules = {"model": self.model}
         self.rule = hasattr(model, "learn")  # the perceptron learns without gradients
-        if not self.rule:
-            self.optimizers = {"model": make_optimizer(model.parameters(), self.config)}
-            self.schedule = Schedule(self.optimizers["model"], self.config)
-            self.schedulers = {"model": self.schedule.scheduler}
+        self.schedule = None
         self.epoch_mistakes = 0
         self.done = False
+
+    def build_optimizers(self) -> None:
+        if not self.rule:
+            self.optimizers = {"model": make_optimizer(self.model.parameters(), self.config)}
+            self.schedule = Schedule(self.optimizers["model"], self.config)
+            self.schedulers = {"model": self.schedule.scheduler}
 
     def setup_data(self) -> None:
         name = self.config["dataset"]
@@ -60,7 +63,7 @@ class ClassifierTask(ImageTask):
             self.data_source = f"truth table of {name}"
         else:
             super().setup_data()
-        if not self.rule:
+        if self.schedule is not None:
             steps = -(-len(self.train_data[0]) // self.config["batch_size"])
             self.schedule.total_steps = steps * self.config["epochs"]
 
@@ -89,7 +92,7 @@ class ClassifierTask(ImageTask):
         return {"loss": loss / total, "accuracy": correct / total}
 
     def validate(self) -> dict[str, float]:
-        if not self.rule:
+        if self.schedule is not None:
             self.schedule.after_epoch()
         out = {}
         if self.rule:

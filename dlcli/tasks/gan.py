@@ -58,12 +58,6 @@ class GANTask(ImageTask):
             self.ema = copy.deepcopy(self.generator).requires_grad_(False)
             self.modules["generator_ema"] = self.ema
             self.ema_pairs = None  # paired at the first update, see update_ema
-        betas = (cfg["beta1"], cfg["beta2"])
-        d_lr = cfg["lr"] * cfg["d_lr_scale"]
-        self.optimizers = {
-            "generator": make_optimizer(self.generator.parameters(), {"lr": cfg["lr"]}, betas=betas),
-            "discriminator": make_optimizer(self.discriminator.parameters(), {"lr": d_lr}, betas=betas),
-        }
         self.real_target = 1.0 - cfg["label_smoothing"]
         # The least loss D can reach: it is not 0 when real targets are smoothed.
         self.d_floor = binary_entropy(self.real_target)
@@ -76,6 +70,15 @@ class GANTask(ImageTask):
         self.fixed_y = (labels_for("all", n, self.classes, self.device)[0]
                         if self.conditional else None)
         self.ema_steps = 0
+
+    def build_optimizers(self) -> None:
+        cfg = self.config
+        betas = (cfg["beta1"], cfg["beta2"])
+        d_lr = cfg["lr"] * cfg["d_lr_scale"]
+        self.optimizers = {
+            "generator": make_optimizer(self.generator.parameters(), {"lr": cfg["lr"]}, betas=betas),
+            "discriminator": make_optimizer(self.discriminator.parameters(), {"lr": d_lr}, betas=betas),
+        }
 
     @property
     def sampler(self) -> torch.nn.Module:

@@ -108,9 +108,12 @@ class Seq2SeqTask(Task):
             pre_norm=c["pre_norm"], max_positions=c["max_len"] + 1, pad_id=text.PAD,
         ).to(self.device)
         self.modules = {"model": self.model}
-        opt = make_optimizer(self.model.parameters(), {"lr": c["lr"]}, betas=(0.9, 0.98), eps=1e-9)
+
+    def build_optimizers(self) -> None:
+        opt = make_optimizer(self.model.parameters(), {"lr": self.config["lr"]},
+                             betas=(0.9, 0.98), eps=1e-9)
         self.optimizers = {"model": opt}
-        self.schedule = Schedule(opt, c)
+        self.schedule = Schedule(opt, self.config)
         self.schedulers = {"model": self.schedule.scheduler}
 
     def checkpoint_extra(self) -> dict[str, str]:

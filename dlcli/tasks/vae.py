@@ -38,13 +38,15 @@ class VAETask(ImageTask):
                          classes=self.classes if self.conditional else 0,
                          class_prior=c["class_prior"]).to(self.device)
         self.modules = {"model": self.model}
-        self.optimizers = {"model": make_optimizer(self.model.parameters(), c)}
-        # the VAE presets' schedule: lr *= lr_decay after every epoch
-        self.schedule = Schedule(self.optimizers["model"], {**c, "schedule": "exponential"})
-        self.schedulers = {"model": self.schedule.scheduler}
         self.steps = 0  # optimizer steps so far: the clock of the capacity ramp
         # What each latent unit carries (mean KL, nats), from the last validation or checkpoint.
         self.latent_kl = json.loads(self.meta["latent_kl"]) if "latent_kl" in self.meta else None
+
+    def build_optimizers(self) -> None:
+        self.optimizers = {"model": make_optimizer(self.model.parameters(), self.config)}
+        # the VAE presets' schedule: lr *= lr_decay after every epoch
+        self.schedule = Schedule(self.optimizers["model"], {**self.config, "schedule": "exponential"})
+        self.schedulers = {"model": self.schedule.scheduler}
 
     # ---- training ---------------------------------------------------------------------
     def capacity(self) -> float:
