@@ -47,7 +47,8 @@ from dlcli.registry import get_spec, list_models  # noqa: E402
 
 
 def build_task(model: str, data_dir, overrides=(), tutorial: bool = False):
-    """The task as `dlcli train` builds it on this CPU, and the precision it trains in.
+    """The task as `dlcli train` builds it on this CPU (with `--set` overrides, say
+    precision=32), and the precision it trains in.
 
     tutorial: the same network, loss and batch as a tutorial trains them instead: float32,
     the default memory layout, and each optimizer as `torch.optim.Adam(model.parameters(),
@@ -104,6 +105,8 @@ def bench_image_model(model: str, data_dir, seconds: float) -> dict:
 
     task, precision = build_task(model, data_dir)
     tutorial, _ = build_task(model, data_dir, tutorial=True)
+    # float32 as `dlcli train --precision 32` runs it: its own task, in the plain layout
+    plain = build_task(model, data_dir, ["precision=32"])[0] if precision != "32" else None
     bs = task.config["batch_size"]
     ours = endless(lambda: iter(task.train_batches(0)))
     loader = torch.utils.data.DataLoader(TutorialMNIST(*tutorial.train_data), batch_size=bs,
@@ -122,8 +125,8 @@ def bench_image_model(model: str, data_dir, seconds: float) -> dict:
         return run
 
     sides = {"dlcli": steps(task, ours, precision), "baseline": steps(tutorial, theirs)}
-    if precision != "32":
-        sides["dlcli_fp32"] = steps(task, ours)
+    if plain is not None:
+        sides["dlcli_fp32"] = steps(plain, endless(lambda: iter(plain.train_batches(0))))
     for side in sides.values():
         side(1)  # warm every path up
     rates = time_shared(sides, seconds)

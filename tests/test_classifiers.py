@@ -58,6 +58,27 @@ def test_batchnorm_is_the_formula():
     assert torch.allclose(bn(x), b + g * (x - m) / torch.sqrt(v + 1e-3), atol=1e-5)
 
 
+def test_no_training_batch_of_one_image():
+    """BatchNorm cannot normalise one value per feature: a last batch of one is left out."""
+    import torch
+
+    from dlcli.config import resolve_config
+    from dlcli.registry import get_spec
+
+    spec = get_spec("mlp")
+    task = spec.load_task()(spec, resolve_config("mlp", None, ["hidden=[16]"]), torch.device("cpu"))
+    task.setup_data()
+    n = len(task.train_data[0])
+    size = next(b for b in range(2, n) if n % b == 1)
+    task.config["batch_size"] = size
+    batches = task.train_batches(0)
+    assert len(batches) == n // size and len(batches[len(batches) - 1][0]) == size
+    task.train_step(batches[len(batches) - 1])
+    other = next(b for b in range(size + 1, n) if n % b > 1)  # a remainder of 2 or more
+    task.config["batch_size"] = other  # stays a batch of its own
+    assert len(task.train_batches(0)) == -(-n // other)
+
+
 def test_mlp_run_folder_checkpoint_inspect_evaluate(tmp_path):
     proc = run_cli("train", "mlp", "--epochs", "2", "--set", "hidden=[64]", check=0)
     ckpt = Path(proc.stdout.strip().splitlines()[-1])

@@ -112,12 +112,14 @@ def test_pack_must_divide_the_batch(cli, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("model,extra", [("cgan", {}), ("dcgan", {"precision": "bf16"})])
+def test_resume_is_exact(tmp_path, model, extra):
     """2 epochs straight == 1 epoch + resume: both optimizers, the RNG stream and the EMA
-    come back, and the fixed-noise grid does not disturb the global RNG."""
-    straight = load_checkpoint(train_tiny("cgan", tmp_path / "a", epochs=2))
-    first = train_tiny("cgan", tmp_path / "b", epochs=1)
-    resumed = load_checkpoint(train_tiny("cgan", tmp_path / "b", epochs=2, resume=first))
+    come back, and the fixed-noise grid does not disturb the global RNG. dcgan under bf16
+    runs channels-last, whose Adam moments must come back in that layout too."""
+    straight = load_checkpoint(train_tiny(model, tmp_path / "a", epochs=2, **extra))
+    first = train_tiny(model, tmp_path / "b", epochs=1, **extra)
+    resumed = load_checkpoint(train_tiny(model, tmp_path / "b", epochs=2, resume=first, **extra))
     assert resumed.epoch == straight.epoch == 2
     for name in ("generator", "discriminator", "generator_ema"):
         a, b = straight.state_dict(name), resumed.state_dict(name)

@@ -130,6 +130,7 @@ class Task:
             self.scaler.load_state_dict(state["grad_scaler"])
         for key, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][key])
+            match_layouts(opt)
         for key, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][key])
 
@@ -139,3 +140,17 @@ class Task:
         ckpt.load_into(task.modules)
         task.train_mode(False)
         return task
+
+
+def match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments, say) its parameter's memory
+    layout. Checkpoints hold plain contiguous tensors, but a conv weight may be
+    channels-last (use_fast_paths), and the fused optimizers pair parameter and state
+    element by element in memory order: without this a resumed run would update each
+    weight with another weight's moments."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)

@@ -64,8 +64,7 @@ class ClassifierTask(ImageTask):
         else:
             super().setup_data()
         if self.schedule is not None:
-            steps = -(-len(self.train_data[0]) // self.config["batch_size"])
-            self.schedule.total_steps = steps * self.config["epochs"]
+            self.schedule.total_steps = len(self.train_batches(0)) * self.config["epochs"]
 
     def train_step(self, batch) -> dict[str, float]:
         x, y = batch

@@ -44,9 +44,13 @@ class ImageTask(Task):
         self.data_source = images.source
 
     def train_batches(self, epoch: int):
-        order = epoch_permutation(len(self.train_data[0]), self.config["seed"], epoch)
-        return IndexBatches(self.train_data, self.config["batch_size"], order,
-                            prepare=to_unit_float, drop_last=self.drop_last)
+        n, size = len(self.train_data[0]), self.config["batch_size"]
+        order = epoch_permutation(n, self.config["seed"], epoch)
+        # BatchNorm cannot normalise a batch of one image (one value per feature): such a
+        # last batch is left out; the next epoch's shuffle puts that image elsewhere
+        drop_last = self.drop_last or (n % size == 1 and size > 1)
+        return IndexBatches(self.train_data, size, order, prepare=to_unit_float,
+                            drop_last=drop_last)
 
     drop_last = False  # GANs and BN nets may prefer equal batches
 
