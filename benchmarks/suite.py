@@ -46,9 +46,10 @@ from dlcli.config import resolve_config  # noqa: E402
 from dlcli.registry import get_spec, list_models  # noqa: E402
 
 
-def build_task(model: str, data_dir, overrides=(), tutorial: bool = False):
+def build_task(model: str, data_dir, overrides=(), tutorial: bool = False, data_from=None):
     """The task as `dlcli train` builds it on this CPU (with `--set` overrides, say
-    precision=32), and the precision it trains in.
+    precision=32), and the precision it trains in; `data_from`: another task of the same
+    model whose training images it shares instead of loading them again.
 
     tutorial: the same network, loss and batch as a tutorial trains them instead: float32,
     the default memory layout, and each optimizer as `torch.optim.Adam(model.parameters(),
@@ -67,7 +68,10 @@ def build_task(model: str, data_dir, overrides=(), tutorial: bool = False):
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
     else:
         precision = apply_precision(task)
-    task.setup_data()
+    if data_from is None:
+        task.setup_data()
+    else:
+        task.train_data = data_from.train_data
     task.train_mode(True)
     return task, precision
 
@@ -104,9 +108,10 @@ def bench_image_model(model: str, data_dir, seconds: float) -> dict:
     from dlcli.train import precision_context
 
     task, precision = build_task(model, data_dir)
-    tutorial, _ = build_task(model, data_dir, tutorial=True)
+    tutorial, _ = build_task(model, data_dir, tutorial=True, data_from=task)
     # float32 as `dlcli train --precision 32` runs it: its own task, in the plain layout
-    plain = build_task(model, data_dir, ["precision=32"])[0] if precision != "32" else None
+    plain = (build_task(model, data_dir, ["precision=32"], data_from=task)[0]
+             if precision != "32" else None)
     bs = task.config["batch_size"]
     ours = endless(lambda: iter(task.train_batches(0)))
     loader = torch.utils.data.DataLoader(TutorialMNIST(*tutorial.train_data), batch_size=bs,

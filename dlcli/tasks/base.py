@@ -85,7 +85,7 @@ class Task:
         precision the loss is scaled so small gradients do not underflow, and steps with
         inf/NaN gradients are skipped."""
         optimizer.zero_grad(set_to_none=True)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
+        params = [p for g in optimizer.param_groups for p in g["params"]] if clip_norm > 0 else []
         if self.scaler is None:
             loss.backward(inputs=inputs)
             if clip_norm > 0:
@@ -98,7 +98,7 @@ class Task:
                 torch.nn.utils.clip_grad_norm_(params, clip_norm)
             self.scaler.step(optimizer)
             self.scaler.update()
-        if torch.is_autocast_enabled(params[0].device.type):
+        if torch.is_autocast_enabled(optimizer.param_groups[0]["params"][0].device.type):
             # autocast keeps its low-precision copies of the weights until the region ends;
             # after this step they are stale, and a later forward in the same step (G
             # against the just-updated D) must see the new weights
