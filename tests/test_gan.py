@@ -126,6 +126,23 @@ def test_resume_is_exact(tmp_path, model, extra):
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_resume_steps_with_this_builds_optimizer_kernels(trained):
+    """A checkpoint written by an unfused build (fused=None in its param_groups) resumes
+    with the fused optimizers all the same, moments and all."""
+    ckpt = load_checkpoint(trained["gan"])
+    state = ckpt.state["task"]
+    for opt in state["optimizers"].values():
+        for group in opt["param_groups"]:
+            group["fused"] = None
+    spec = get_spec("gan")
+    task = spec.load_task()(spec, ckpt.config, torch.device("cpu"))
+    task.load_training_state(state)
+    for key, opt in task.optimizers.items():
+        assert all(g["fused"] is True for g in opt.param_groups), key
+        saved = state["optimizers"][key]["state"][0]["exp_avg"]
+        assert torch.equal(opt.state[opt.param_groups[0]["params"][0]]["exp_avg"], saved), key
+
+
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from dlcli.tasks.gan import GANTask
 

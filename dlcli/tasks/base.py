@@ -129,7 +129,12 @@ class Task:
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
         for key, opt in self.optimizers.items():
+            # how to step (fused or not) is this build's choice, not the checkpoint's: a
+            # checkpoint from an unfused build would otherwise resume several times slower
+            kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in opt.param_groups]
             opt.load_state_dict(state["optimizers"][key])
+            for group, kept in zip(opt.param_groups, kernels):
+                group.update(kept)
             match_layouts(opt)
         for key, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][key])
