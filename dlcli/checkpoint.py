@@ -55,6 +55,12 @@ def unflatten_state(obj, tensors: dict):
 
 # ---- writing ------------------------------------------------------------------------
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), fsync, then rename over `path`: readers never see half a file."""
     path = Path(path)
@@ -62,6 +68,7 @@ def atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result should not be
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

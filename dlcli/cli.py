@@ -425,7 +425,7 @@ def main(argv=None) -> None:
         sys.exit(130)
     except Interrupted as e:
         print(f"interrupted: saved {e.path}; continue with `--resume {e.path}`", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(e.exit_code)
     except Exception as e:  # the last line of defence: one line, exit 1
         if STATE["debug"]:
             raise

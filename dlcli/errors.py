@@ -19,8 +19,9 @@ def did_you_mean(kind: str, name: str, choices) -> str:
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training, raised after the checkpoint was saved."""
+    """Ctrl-C (or SIGTERM) during training, raised after the checkpoint was saved."""
 
-    def __init__(self, path):
+    def __init__(self, path, signum: int = 2):
         super().__init__(str(path))
         self.path = path
+        self.exit_code = 128 + int(signum or 2)  # what a shell reports for that signal

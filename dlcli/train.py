@@ -86,28 +86,33 @@ class MetricsLog:
 
 
 class StopRequest:
-    """Ctrl-C asks the loop to stop after the current step, save, and exit 130: a signal
-    arriving inside an optimizer step must not leave half-updated weights behind.
-    A second Ctrl-C aborts at once (the last epoch's checkpoint is still intact)."""
+    """Ctrl-C (SIGINT) or a polite kill (SIGTERM: `timeout`, a job scheduler) asks the loop
+    to stop after the current step, save, and exit 128 + the signal number: a signal
+    arriving inside an optimizer step must not leave half-updated weights behind. A second
+    signal aborts at once (the last epoch's checkpoint is still intact)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self.previous = None
+        self.signum = None
+        self.previous = {}
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        console.print("stopping after this step to save a checkpoint (Ctrl-C again to abort)")
+        self.requested, self.signum = True, signum
+        again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+        console.print(f"stopping after this step to save a checkpoint ({again} again to abort)")
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def _progress():
@@ -211,7 +216,7 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
                                         info=f"{shown} {rate:,.0f} {task.item_name}/s")
                     if stop.requested and i + 1 < len(batches) and not d.active:
                         save(epoch, i + 1)  # mid-epoch: a resume skips the batches seen
-                        raise Interrupted(last)
+                        raise Interrupted(last, stop.signum)
                 seconds = time.perf_counter() - t0
                 progress.remove_task(bar)
                 skip = 0
@@ -235,7 +240,7 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
                     atomic_write(best_path, lambda tmp: shutil.copyfile(last, tmp))
                 plot_metrics(run_dir)
                 if stop.requested and epoch + 1 < epochs and not d.active:
-                    raise Interrupted(last)
+                    raise Interrupted(last, stop.signum)
                 if getattr(task, "done", False) and not d.active:
                     break
     finally:

@@ -1,10 +1,13 @@
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from dlcli.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from dlcli.checkpoint import atomic_write, flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from dlcli.errors import DlcliError
 from dlcli.inspect import describe
 
@@ -86,3 +89,14 @@ def test_no_unsafe_loading_in_package():
         text = path.read_text()
         for banned in ("torch.load(", "import pickle", "pickle.", "yaml.load(", " eval("):
             assert banned not in text, (path, banned)
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """mkstemp's private 0600 must not survive the rename: others on a shared machine
+    should read a checkpoint as they read any file its owner writes."""
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644

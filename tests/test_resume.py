@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import ROOT, run_cli
 from safetensors.torch import load_file
@@ -36,7 +37,8 @@ def test_resume_after_epoch_equals_uninterrupted(tmp_path):
     assert_same(tmp_path / "full" / "last.safetensors", tmp_path / "part" / "last.safetensors")
 
 
-def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; kill, timeout
+def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path, signum):
     args = ARGS + ["--epochs", "2", "--set", "hidden=[256, 256]"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DLCLI_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dlcli", *args, "--run-dir", str(tmp_path / "cut")],
@@ -47,9 +49,9 @@ def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and '"kind": "epoch"' in metrics.read_text()):
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     last = tmp_path / "cut" / "last.safetensors"
     run_cli(*args, "--resume", last, check=0)
