@@ -14,7 +14,9 @@ def new_run_dir(model: str, run_dir=None, root: Path = RUNS_ROOT) -> Path:
     """Claim a new run folder. An explicit --run-dir must be new or empty."""
     if run_dir is not None:
         path = Path(run_dir)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and not path.is_dir():
+            raise DlcliError(f"--run-dir {path} is a file; give a new or empty folder")
+        if path.exists() and any(path.iterdir()):
             raise DlcliError(f"--run-dir {path} exists and is not empty; runs are never overwritten")
         path.mkdir(parents=True, exist_ok=True)
         return path

@@ -151,8 +151,6 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
     start_epoch, skip, global_step, best = 0, 0, 0, None
     if resume is not None:
         state = resume.state
-        if state is None:
-            raise DlcliError(f"{resume.path} holds no training state to resume from")
         resume.load_into(task.modules)
         task.load_training_state(state["task"])
         set_rng_state(state["rng"])
@@ -423,6 +421,12 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
         console.quiet = True
     seed_everything(config["seed"] + d.rank)  # own noise per rank; weights come from rank 0
     resume = load_checkpoint(resume_path, expect_model=spec.name) if resume_path else None
+    if resume is not None:  # checked before any folder is claimed or file written
+        if resume.state is None:
+            raise DlcliError(f"{resume.path} holds no training state to resume from")
+        if resume.epoch >= config["epochs"] and not resume.state.get("batch"):
+            raise DlcliError(f"{resume.path} has trained {resume.epoch} epochs already; ask for "
+                             f"more with --epochs (more than {resume.epoch})")
     if resume is not None and data_dir is None and resume.meta.get("data_dir"):
         data_dir = resume.meta["data_dir"]
         if not Path(data_dir).is_dir():
@@ -441,9 +445,9 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
            f"device {dev}{threads}{where}{mixed}")
     folder = None
     if d.main:
-        if resume is not None and run_dir is None:
-            folder = resume.path.parent
-        else:
+        if resume is not None and run_dir is None and (resume.path.parent / "metrics.jsonl").is_file():
+            folder = resume.path.parent  # carry on in the run folder the checkpoint came from
+        else:  # --run-dir, a fresh run, or a checkpoint kept elsewhere: never write next to it
             folder = new_run_dir(spec.name, run_dir)
         notice(f"run folder: {folder}")
     try:

@@ -1,6 +1,7 @@
 """Resuming reproduces the uninterrupted run exactly (CPU), after an epoch or mid-epoch."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,3 +77,41 @@ def test_resume_remembers_the_data_dir(tmp_path, mnist_dir):
     data.unlink()
     gone = run_cli(*args, "--epochs", "3", "--resume", last)
     assert gone.returncode == 2 and "--data-dir" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_resume_refuses_before_writing_anything(tmp_path):
+    """A checkpoint without training state, or one that already has the epochs asked for,
+    is refused before a run folder is claimed or a file written next to it."""
+    xor = ["train", "mlp", "--dataset", "xor", "--set", "hidden=[4]"]
+    run_cli(*xor, "--epochs", "2", "--run-dir", tmp_path / "run", check=0)
+    last = tmp_path / "run" / "last.safetensors"
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    done = run_cli(*xor, "--epochs", "2", "--resume", last, "--run-dir", tmp_path / "new")
+    assert done.returncode == 2 and "trained 2 epochs already" in done.stderr
+    assert done.stdout == "" and not (tmp_path / "new").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own file\n")
+    run_cli("average", last, last, "-o", mine / "avg.safetensors", check=0)
+    proc = run_cli(*xor, "--epochs", "3", "--resume", mine / "avg.safetensors")
+    assert proc.returncode == 2 and "no training state" in proc.stderr
+    assert (mine / "config.yaml").read_text() == "my own file\n"
+
+
+def test_resume_of_a_checkpoint_kept_elsewhere_starts_a_new_run_folder(tmp_path, isolated):
+    """Only a run folder is continued in place; a checkpoint copied into a folder of the
+    user's own gets its continuation under runs/, leaving that folder alone."""
+    xor = ["train", "mlp", "--dataset", "xor", "--set", "hidden=[4]"]
+    run_cli(*xor, "--epochs", "1", "--run-dir", tmp_path / "run", check=0)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(tmp_path / "run" / "last.safetensors", mine / "model.safetensors")
+    resumed = run_cli(*xor, "--epochs", "2", "--resume", mine / "model.safetensors", check=0)
+    run = Path(resumed.stdout.strip()).parent
+    assert run.parent.name == "mlp" and (run / "last.safetensors").is_file()
+    assert sorted(p.name for p in mine.iterdir()) == ["model.safetensors"]
+    # a run folder is continued in place
+    again = run_cli(*xor, "--epochs", "3", "--resume", run / "last.safetensors", check=0)
+    assert Path(again.stdout.strip()).parent == run
