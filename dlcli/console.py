@@ -2,7 +2,8 @@
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: a message stays one line (the terminal wraps it; a log or grep sees it whole)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def notice(message: str) -> None:

@@ -75,3 +75,16 @@ def test_real_mnist_verifies(mnist_dir):
     counts = torch.bincount(images.train_y).tolist()
     assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert abs(images.train_x.float().div(255).mean().item() - 0.1307) < 1e-3
+
+
+def test_an_explicit_data_dir_without_the_files_says_so(tmp_path, capsys):
+    """The lookup goes on to the cache and the bundled subset (DESIGN.md), but a folder
+    named with --data-dir that was passed over is named, with the files it lacks."""
+    folder = tmp_path / "d" / "mnist"
+    folder.mkdir(parents=True)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    images = mnist.load_images("mnist", tmp_path / "d", allow_download=False)
+    err = capsys.readouterr().err
+    assert images.source == "bundled subset"
+    assert f"no complete mnist in {folder}" in err and "t10k-images-idx3-ubyte" in err
+    assert "missing train-images" not in err

@@ -142,6 +142,11 @@ def load_images(dataset: str, data_dir=None, allow_download: bool | None = None)
         tensors = _load_folder(dataset, folder)
         if tensors is not None:
             return ImageSet(dataset, **_shaped(tensors), source=f"{folder} ({label})")
+    if data_dir is not None:  # asked for by name, so say why it was passed over
+        folder = Path(data_dir) / dataset if (Path(data_dir) / dataset).is_dir() else Path(data_dir)
+        missing = [stem for stem in FILES.values() if _find(folder, stem) is None]
+        notice(f"--data-dir {data_dir}: no complete {dataset} in {folder} (missing "
+               f"{', '.join(missing)}); looking elsewhere")
     if allow_download is None:
         allow_download = os.environ.get("DLCLI_OFFLINE", "") in ("", "0")
     target = cache_dir() / dataset
@@ -153,7 +158,7 @@ def load_images(dataset: str, data_dir=None, allow_download: bool | None = None)
         notice(
             f"using the bundled MNIST subset ({len(tensors['train_x']):,} training, "
             f"{len(tensors['test_x']):,} test images); for the full set put the four IDX files "
-            f"in {target} or pass --data-dir"
+            f"in {target} or in the --data-dir folder's {dataset}/"
         )
         return ImageSet(dataset, **_shaped(tensors), source="bundled subset")
     raise DlcliError(

@@ -138,8 +138,10 @@ def multi30k_corpus(src: str, tgt: str, data_dir=None) -> Corpus:
         target = cache_dir() / "multi30k"
         online = os.environ.get("DLCLI_OFFLINE", "") in ("", "0")
         if not (online and _download_multi30k(target, (src, tgt))):
-            raise DlcliError(f"Multi30k not found: put its files (train.{src}.gz, ...) in {target} "
-                             "or pass --data-dir DIR (a folder with multi30k/ inside)")
+            searched = f"not in --data-dir {data_dir}/multi30k, " if data_dir else ""
+            raise DlcliError(f"Multi30k not found ({searched}not in the cache, no download): "
+                             f"put its files (train.{src}.gz, ...) in {target} or pass "
+                             "--data-dir DIR (a folder with multi30k/ inside)")
         files, where = _multi30k_folder(target, (src, tgt)), f"{target} (downloaded)"
     splits = {}
     for split, stem in MULTI30K_FILES.items():
