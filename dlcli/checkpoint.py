@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from dlcli import __version__
 from dlcli.errors import DlcliError
+from dlcli.inspect import check_metadata
 
 FORMAT = "dlcli/1"
 
@@ -186,6 +187,7 @@ def _read(path: Path, with_tensors: bool) -> tuple[dict, dict]:
         raise DlcliError(f"{path} is not a readable safetensors checkpoint ({e})") from None
     if meta.get("format") != FORMAT or "model" not in meta or "config" not in meta:
         raise DlcliError(f"{path} is a safetensors file but not a dlcli checkpoint")
+    check_metadata(path, meta)
     return meta, tensors
 
 
@@ -195,8 +197,8 @@ def load_checkpoint(path, expect_model: str | None = None) -> Checkpoint:
     ckpt = Checkpoint(path, meta, tensors)
     if expect_model and ckpt.model != expect_model:
         raise DlcliError(
-            f"{path} is a {ckpt.model} checkpoint, not {expect_model}; "
-            f"use `dlcli sample {ckpt.model}` or pass a {expect_model} checkpoint"
+            f"{path} is a {ckpt.model} checkpoint, not {expect_model}; pass a {expect_model} "
+            f"checkpoint (or name {ckpt.model} in the command instead)"
         )
     return ckpt
 

@@ -28,6 +28,7 @@ presets_app = typer.Typer(help="The bundled YAML presets: list, show, copy.", no
 app.add_typer(presets_app, name="presets")
 
 STATE = {"debug": False}
+MAX_SAMPLES = 100_000  # per `dlcli sample`: 300 MB of float32 pixels
 
 
 def _version(value: bool):
@@ -256,8 +257,10 @@ def sample(
         raise DlcliError(f"{model} is not conditional, so --label does not apply; use {conditional}")
     if grid is not None and grid not in spec.grids:
         raise DlcliError(f"{model} has no --grid {grid!r}; choose one of: {', '.join(spec.grids)}")
-    if n is not None and n < 1:
-        raise DlcliError(f"-n must be a positive number of images, got {n}")
+    if n is not None and not 1 <= n <= MAX_SAMPLES:
+        raise DlcliError(f"-n must be between 1 and {MAX_SAMPLES:,} images, got {n}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise DlcliError(f"--seed must be in [0, 2**63), got {seed}")
     if fmt is None:
         fmt = "npy" if output and output.endswith(".npy") else "png"
     if fmt not in ("png", "npy"):
@@ -376,8 +379,8 @@ def evaluate(
     device: str = typer.Option("auto", "--device"),
 ):
     """Test-set metrics for the checkpoint's model family."""
-    if samples < 1 or iwae_k < 1:
-        raise DlcliError("--samples and --iwae-k must be positive")
+    if samples < 2 or iwae_k < 1:  # a covariance (the FID) needs two samples at least
+        raise DlcliError("--samples must be at least 2 and --iwae-k at least 1")
     from dlcli.checkpoint import load_checkpoint
     from dlcli.registry import get_spec
     from dlcli.train import pick_device

@@ -15,8 +15,27 @@ import yaml
 from dlcli.errors import DlcliError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-POSITIVE_INTS = ("epochs", "batch_size")
-POSITIVE_FLOATS = ("lr",)
+PRECISIONS = ("auto", "32", "bf16", "bf16-matmul", "16-mixed")
+
+# What each number may be, whichever model has the key; a list (layer widths) is checked
+# element by element. A value outside these would fail deep inside torch, or train nothing.
+AT_LEAST_1 = (lambda x: x >= 1, "at least 1")
+AT_LEAST_0 = (lambda x: x >= 0, "0 or more")
+POSITIVE = (lambda x: x > 0, "more than 0")
+FRACTION = (lambda x: 0 <= x < 1, "in [0, 1)")
+NUMBER_RULES = {
+    **dict.fromkeys(("epochs", "batch_size", "latent", "latent_dim", "hidden", "g_hidden",
+                     "d_hidden", "channels", "width", "d_model", "d_ff", "heads",
+                     "encoder_layers", "decoder_layers", "beam", "train_size", "pack",
+                     "vocab_size"), AT_LEAST_1),
+    **dict.fromkeys(("val_size", "keep_epochs", "warmup", "weight_decay", "clip_norm", "beta",
+                     "capacity", "capacity_epochs", "gamma", "length_penalty"), AT_LEAST_0),
+    **dict.fromkeys(("lr", "lr_decay", "temperature", "truncation", "d_lr_scale"), POSITIVE),
+    **dict.fromkeys(("dropout", "d_dropout", "label_smoothing", "momentum", "ema", "beta1",
+                     "beta2"), FRACTION),
+    "max_len": (lambda x: x >= 2, "at least 2 (an end token and one more)"),
+    "seed": (lambda x: 0 <= x < 2**63, "in [0, 2**63)"),
+}
 
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -111,6 +130,8 @@ def _coerce(key: str, value, default):
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        if expected is list and default:  # layer widths: each element like the default's
+            return [_coerce(f"{key}[{i}]", v, default[0]) for i, v in enumerate(value)]
         return value
     raise DlcliError(
         f"bad value for {key!r}: {value!r} is {type(value).__name__}, expected {expected.__name__}"
@@ -143,9 +164,20 @@ def resolve_config(model: str, preset: str | None = None, overrides=(), **flags)
 
 
 def validate_numbers(config: dict) -> None:
-    for key in POSITIVE_INTS:
-        if key in config and config[key] < 1:
-            raise DlcliError(f"{key} must be a positive integer, got {config[key]}")
-    for key in POSITIVE_FLOATS:
-        if key in config and not config[key] > 0:
-            raise DlcliError(f"{key} must be positive, got {config[key]}")
+    """Every number within what its model can use (NUMBER_RULES), d_model split evenly
+    across heads, a precision that exists."""
+    for key, (ok, wording) in NUMBER_RULES.items():
+        value = config.get(key)
+        for x in value if isinstance(value, list) else [value]:
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                if x is not None:
+                    raise DlcliError(f"bad value for {key!r}: {x!r} is not a number")
+                continue
+            if not ok(x):  # also false for NaN
+                raise DlcliError(f"{key} must be {wording}, got {value}")
+    if "d_model" in config and "heads" in config and config["d_model"] % config["heads"]:
+        raise DlcliError(f"d_model ({config['d_model']}) must be a multiple of heads "
+                         f"({config['heads']}): each head gets d_model / heads dimensions")
+    if "precision" in config and str(config["precision"]) not in PRECISIONS:
+        raise DlcliError(f"unknown precision {config['precision']!r}; choose one of: "
+                         + ", ".join(PRECISIONS))

@@ -35,12 +35,28 @@ def read_header(path: Path) -> dict:
     return header
 
 
+def check_metadata(path: Path, meta: dict[str, str]) -> None:
+    """A damaged or hand-edited header says so here, not as a JSON traceback later."""
+    for key in ("config", "metrics", "modules", "parameters", "state"):
+        try:
+            value = json.loads(meta[key]) if key in meta else {}
+        except json.JSONDecodeError:
+            value = None
+        if value is None or (key == "config" and not isinstance(value, dict)):
+            raise DlcliError(f"{path}: its {key!r} metadata is not what dlcli writes (a damaged "
+                             "or edited checkpoint)")
+    for key in ("epoch", "step"):
+        if not meta.get(key, "0").isdigit():
+            raise DlcliError(f"{path}: its {key!r} metadata is not a count: {meta[key]!r}")
+
+
 def describe(path) -> dict:
     path = Path(path)
     header = read_header(path)
     meta = header.pop("__metadata__", {}) or {}
     if "model" not in meta or "config" not in meta:
         raise DlcliError(f"{path} is a safetensors file but not a dlcli checkpoint")
+    check_metadata(path, meta)
     tensors, modules, state_numel = [], {}, 0  # modules: numel incl. buffers, by submodule
     for name, t in sorted(header.items()):
         numel = 1

@@ -17,6 +17,7 @@ import yaml
 
 from dlcli import distributed
 from dlcli.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from dlcli.config import PRECISIONS
 from dlcli.console import console, notice, warn
 from dlcli.distributed import Dist
 from dlcli.errors import DlcliError, Interrupted, TrainingFailed
@@ -264,7 +265,6 @@ def _follow(task, start_epoch: int, skip: int, d: Dist, autocast) -> None:
     return None
 
 
-PRECISIONS = ("auto", "32", "bf16", "bf16-matmul", "16-mixed")
 
 
 def resolve_precision(device: torch.device, precision: str, convolutional: bool = False) -> str:

@@ -78,6 +78,18 @@ def test_bad_files(tmp_path):
         load_checkpoint(plain)
     with pytest.raises(DlcliError, match="do not fit"):
         load_checkpoint(path).load_into({"m": nn.Linear(3, 2)})
+    # a damaged header: metadata that is not what dlcli writes
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    for key, bad in (("config", "{not json"), ("config", "[1, 2]"), ("state", "nope"),
+                     ("epoch", "two")):
+        damaged = tmp_path / f"damaged-{key}.safetensors"
+        save_file({"model/m/weight": torch.zeros(2, 2)}, str(damaged), metadata={**meta, key: bad})
+        for read in (load_checkpoint, describe):
+            with pytest.raises(DlcliError, match=f"its '{key}' metadata"):
+                read(damaged)
 
 
 def test_no_unsafe_loading_in_package():

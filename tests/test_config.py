@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from dlcli.config import list_presets, parse_override, resolve_config
@@ -26,7 +28,7 @@ def test_precedence_preset_then_set_then_flags(tmp_path):
     (["epochs=1.5"], "expected int"),
     (["batchnorm=3"], "expected bool"),
     (["hidden=64"], "expected list"),
-    (["epochs=0"], "positive"),
+    (["epochs=0"], "at least 1"),
     (["novalue"], "key=value"),
 ])
 def test_bad_overrides(overrides, message):
@@ -39,3 +41,23 @@ def test_every_bundled_preset_resolves():
         assert preset["model"], preset
         config = resolve_config(preset["model"], preset["name"])
         assert config["model"] == preset["model"]
+
+
+@pytest.mark.parametrize("model, override, message", [
+    ("mlp", "hidden=[-5]", "hidden must be at least 1, got [-5]"),
+    ("mlp", "hidden=[2.5]", "'hidden[0]': 2.5 is float, expected int"),
+    ("mlp", "dropout=1.5", "dropout must be in [0, 1)"),
+    ("mlp", "lr=.nan", "lr must be more than 0"),
+    ("mlp", "precision=bogus", "unknown precision 'bogus'"),
+    ("mlp", "seed=99999999999999999999", "seed must be in [0, 2**63)"),
+    ("gan", "latent_dim=-1", "latent_dim must be at least 1"),
+    ("gan", "ema=2", "ema must be in [0, 1)"),
+    ("transformer", "heads=3", "d_model (128) must be a multiple of heads (3)"),
+    ("transformer", "max_len=0", "max_len must be at least 2"),
+    ("vae", "val_size=-3", "val_size must be 0 or more"),
+])
+def test_values_a_model_cannot_use_are_refused_by_name(model, override, message):
+    """Each of these used to fail deep inside torch (exit 1, "unexpected failure") or to
+    train nothing; now it is one line naming the key."""
+    with pytest.raises(DlcliError, match=re.escape(message)):
+        resolve_config(model, None, [override])

@@ -25,6 +25,9 @@ def build_classifier(name: str, config: dict, in_features: int, classes: int):
     if name == "cnn":
         from dlcli.models.cnn import CNN
 
+        if len(config["channels"]) != 2:
+            raise DlcliError(f"the cnn has two convolution blocks, so channels takes two widths "
+                             f"([32, 64], say), got {config['channels']}")
         return CNN(classes, tuple(config["channels"]), config["width"], config["dropout"])
     raise DlcliError(f"no classifier named {name!r}")
 
