@@ -126,10 +126,11 @@ def train(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset to train on."),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name or YAML file."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: key=value."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e",
+                                         help="Passes over the data (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Items per step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the preset's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Same seed, same run (on a CPU)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (new or empty)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint to continue from."),
@@ -148,8 +149,6 @@ def train(
     """Train a model. Progress goes to stderr; the checkpoint path is the last stdout line."""
     if nproc_per_node < 1:
         raise DlcliError(f"--nproc-per-node must be positive, got {nproc_per_node}")
-    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        _launch_torchrun(nproc_per_node)
     from dlcli.config import resolve_config, validate_numbers
     from dlcli.registry import get_spec
 
@@ -181,6 +180,8 @@ def train(
             warn(f"the cosine schedule was planned for {saved['epochs']} epochs; it now "
                  f"stretches to {config['epochs']}")
         validate_numbers(config)
+    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # after the checks: one error, once
+        _launch_torchrun(nproc_per_node)
     path = training.train(spec, config, device=device, data_dir=data_dir, run_dir=run_dir,
                           resume_path=resume, precision=precision, compile=compile_)
     if path is not None:  # rank 0 only
@@ -242,7 +243,7 @@ def sample(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="File, or - for stdout."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="png or npy."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Test images for --grid recon."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
 ):
     """Generate images from a trained model; prints the file written (or writes bytes to -o -)."""
     from dlcli.registry import get_spec
@@ -311,12 +312,13 @@ def _sampling_models():
 @app.command()
 def translate(
     text: List[str] = typer.Argument(None, help="Sentences to translate; none: read stdin."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
+                                              help="Default: newest run under ./runs."),
     beam: int = typer.Option(4, "--beam", "-k", help="Beam width; 1 = greedy."),
     max_len: Optional[int] = typer.Option(None, "--max-len", help="Longest output in tokens."),
     n_best: int = typer.Option(1, "--n-best", help="Print N hypotheses per input (TSV)."),
     attention: Optional[Path] = typer.Option(None, "--attention", help="Cross-attention heatmap PNG."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
 ):
     """Translate sentences with a trained Transformer: one output line per input line."""
     from dlcli.registry import get_spec
@@ -355,7 +357,7 @@ def average(
 @app.command()
 def inspect(
     checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """Show a checkpoint: metadata, config, parameter counts, tensors, file size."""
     from dlcli.inspect import describe, render
@@ -370,13 +372,13 @@ def inspect(
 @app.command()
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     classifier: Optional[Path] = typer.Option(None, "--classifier",
                                               help="cnn checkpoint that judges generated images."),
     samples: int = typer.Option(10000, "--samples", help="Generated images to score (GANs, cvae)."),
     iwae_k: int = typer.Option(100, "--iwae-k", help="Importance samples for the IWAE bound (VAEs)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
 ):
     """Test-set metrics for the checkpoint's model family."""
     if samples < 2 or iwae_k < 1:  # a covariance (the FID) needs two samples at least
@@ -416,7 +418,8 @@ def main(argv=None) -> None:
             raise
         ctx = getattr(e, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        print(f"error: {e.format_message()}{hint}", file=sys.stderr)
+        if e.format_message():  # empty when no arguments at all showed the help instead
+            print(f"error: {e.format_message()}{hint}", file=sys.stderr)
         sys.exit(e.exit_code)
     except DlcliError as e:
         if STATE["debug"]:

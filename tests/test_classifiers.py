@@ -24,6 +24,13 @@ def test_perceptron_honestly_fails_on_xor():
     assert metrics["accuracy"] <= 0.75
 
 
+def test_perceptron_cut_short_on_separable_data_is_told_to_train_longer():
+    proc = run_cli("train", "perceptron", "--dataset", "and", "--epochs", "1", check=0)
+    err = " ".join(proc.stderr.split())
+    assert "did not converge" in err and "not linearly separable" not in err
+    assert "and is linearly separable" in err and "--epochs" in err
+
+
 def test_mlp_learns_xor():
     proc = run_cli("train", "mlp", "--dataset", "xor", check=0)
     metrics = json.loads(run_cli("evaluate", proc.stdout.strip(), "--json", check=0).stdout)

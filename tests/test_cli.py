@@ -89,6 +89,11 @@ def test_bad_usage_is_one_line_exit_2(tmp_path):
     other.write_text("model: cnn\n")
     _one_line_error(run_cli("train", "mlp", "--preset", other), "cnn")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.safetensors"))
+    _one_line_error(run_cli("sample", "vae", "--seed", str(2**64)), "--seed")
+    # checked before torchrun starts: one line, not one per process plus torchrun's traceback
+    _one_line_error(run_cli("train", "mlp", "--set", "nosuch=1", "--nproc-per-node", "2"), "nosuch")
+    bare = run_cli()  # no arguments: the help, and no empty "error:" line
+    assert bare.returncode == 2 and "Usage" in bare.stdout and "error" not in bare.stderr
 
 
 def test_bad_checkpoints(tmp_path):

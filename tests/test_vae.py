@@ -261,8 +261,9 @@ def test_recon_reads_test_digits_from_data_dir(trained, cli, isolated, tmp_path)
     (["beta-vae", "--label", "all"], "not conditional"),
     (["cvae", "--grid", "traverse"], "choose one of"),
     (["beta-vae", "--grid", "manifold"], "choose one of"),
-    (["vae", "-n", "0"], "positive"),
-    (["cvae", "-n", "-4"], "positive"),
+    (["vae", "-n", "0"], "between 1 and 100,000"),
+    (["cvae", "-n", "-4"], "between 1 and 100,000"),
+    (["vae", "-n", "100001"], "between 1 and 100,000"),
     (["cvae", "--grid", "manifold", "--label", "all", "USE_CKPT"], "--label 0-9"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(trained, cli, isolated, args, message):

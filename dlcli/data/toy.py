@@ -10,6 +10,7 @@ TABLES = {
     "xor": [0, 1, 1, 0],
 }
 INPUTS = [[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]
+LINEARLY_SEPARABLE = {"and", "or"}  # one line splits their 0s from their 1s; none splits xor's
 
 
 def truth_table(name: str) -> tuple[torch.Tensor, torch.Tensor]:

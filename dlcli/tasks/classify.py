@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dlcli.data.toy import LINEARLY_SEPARABLE
 from dlcli.errors import DlcliError
 from dlcli.optim import Schedule, make_optimizer
 from dlcli.registry import TOY_DATASETS
@@ -114,10 +115,15 @@ class ClassifierTask(ImageTask):
         data = self.distinct_train_data()
         m = self.measure(in_order(data))
         wrong = round((1 - m["accuracy"]) * len(data[0]))
-        why = ("the classes are not linearly separable, so no single perceptron can fit them "
-               "(an MLP can: `dlcli train mlp --dataset xor`)"
-               if self.config["dataset"] in TOY_DATASETS else
-               "no separating hyperplane was found; the classes may not be linearly separable")
+        dataset = self.config["dataset"]
+        if dataset in LINEARLY_SEPARABLE:
+            why = (f"{dataset} is linearly separable, so the perceptron converges if it trains "
+                   f"longer: try --epochs {max(10, 2 * epochs_run)}")
+        elif dataset in TOY_DATASETS:
+            why = ("the classes are not linearly separable, so no single perceptron can fit them "
+                   f"(an MLP can: `dlcli train mlp --dataset {dataset}`)")
+        else:
+            why = "no separating hyperplane was found; the classes may not be linearly separable"
         return (f"perceptron did not converge in {epochs_run} epoch(s): {wrong} training "
                 f"example(s) still misclassified (training accuracy {m['accuracy']:.2%}); {why}")
 
