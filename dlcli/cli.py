@@ -225,8 +225,11 @@ def _default_output(model: str, suffix: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1, 1000):
         path = folder / f"{model}-{stamp}{'' if i == 1 else f'-{i}'}.{suffix}"
-        if not path.exists():
+        try:
+            path.open("x").close()  # claim the name: two samplers in one second get two files
             return path
+        except FileExistsError:
+            continue
     raise DlcliError("could not find a free file name under samples/")
 
 
@@ -262,10 +265,14 @@ def sample(
         raise DlcliError(f"-n must be between 1 and {MAX_SAMPLES:,} images, got {n}")
     if seed is not None and not 0 <= seed < 2**63:
         raise DlcliError(f"--seed must be in [0, 2**63), got {seed}")
+    suffix = Path(output).suffix.lower() if output and output != "-" else ""
     if fmt is None:
-        fmt = "npy" if output and output.endswith(".npy") else "png"
+        fmt = "npy" if suffix == ".npy" else "png"
     if fmt not in ("png", "npy"):
         raise DlcliError(f"unknown --format {fmt!r}; choose one of: png, npy")
+    if suffix and suffix != f".{fmt}":  # out.jpg holding PNG bytes would fool every viewer
+        raise DlcliError(f"-o {output} does not end in .{fmt}, the format written; name it "
+                         f"*.png or *.npy (or pass --format)")
 
     import torch
 
@@ -297,7 +304,12 @@ def sample(
         sys.stdout.flush()
         return
     path = Path(output) if output else _default_output(model, fmt)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    except BaseException:
+        if not output:  # the empty file that claimed the name
+            path.unlink(missing_ok=True)
+        raise
     out(str(path))
 
 

@@ -199,8 +199,10 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
                     if bad:
                         raise TrainingFailed(
                             f"{bad[0]} became {logs[bad[0]]} at epoch {epoch + 1}, step "
-                            f"{global_step + 1}; training stopped. The last good checkpoint is "
-                            f"{last if last.exists() else '(none yet)'}; try a lower --lr")
+                            f"{global_step + 1}; training stopped. "
+                            + (f"The last good checkpoint is {last}" if last.exists() else
+                               f"No checkpoint was written yet ({run_dir} holds the metrics)")
+                            + "; try a lower --lr")
                     global_step += 1
                     steps += 1
                     items += task.batch_items(batch)

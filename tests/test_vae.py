@@ -277,6 +277,21 @@ def test_bad_input_exits_2_and_writes_nothing(trained, cli, isolated, args, mess
     assert not list(isolated.glob("*.png")) and not (isolated / "samples").exists()
 
 
+def test_output_name_must_match_the_format(trained, cli, isolated):
+    for args in (["-o", "out.jpg"], ["-o", "out.png", "--format", "npy"]):
+        proc = cli("sample", "vae", "--checkpoint", trained["vae"], *args)
+        assert proc.returncode == 2 and "does not end in" in proc.stderr, args
+    assert not list(isolated.glob("out.*"))
+
+
+def test_default_sample_names_are_claimed(isolated):
+    """Two samplers started in the same second must not both pick (and write) one name."""
+    from dlcli.cli import _default_output
+
+    first, second = _default_output("vae", "png"), _default_output("vae", "png")
+    assert first != second and first.exists() and second.exists()
+
+
 def test_new_keys_are_validated(cli):
     proc = cli("train", "vae", "--set", "arch=transformer", "--epochs", "1")
     assert proc.returncode == 2 and "mlp, conv" in proc.stderr
