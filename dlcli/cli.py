@@ -154,7 +154,7 @@ def train(
 
     spec = get_spec(model)
     flags = dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                 data=[str(p) for p in data] or None)
+                 data=[str(p.absolute()) for p in data] or None)  # evaluate works from anywhere
     config = resolve_config(model, preset, set_, **flags)
     if config["dataset"] not in spec.datasets and "data" not in config:
         raise DlcliError(f"{model} cannot train on {config['dataset']!r}; "
@@ -389,7 +389,9 @@ def evaluate(
                                               help="cnn checkpoint that judges generated images."),
     samples: int = typer.Option(10000, "--samples", help="Generated images to score (GANs, cvae)."),
     iwae_k: int = typer.Option(100, "--iwae-k", help="Importance samples for the IWAE bound (VAEs)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with dataset subfolders."),
+    data: List[Path] = typer.Option([], "--data", help="The parallel text a transformer was "
+                                    "trained on (train --data), where it is now."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
 ):
     """Test-set metrics for the checkpoint's model family."""
@@ -403,6 +405,10 @@ def evaluate(
     spec = get_spec(ckpt.model)
     dev = pick_device(device)
     task = spec.load_task().from_checkpoint(spec, ckpt, dev, data_dir)
+    if data:
+        if not task.config.get("data"):
+            raise DlcliError(f"--data is for a {ckpt.model} trained on your own text (train --data)")
+        task.config = {**task.config, "data": [str(p) for p in data]}
     metrics = task.evaluate(classifier=classifier, samples=samples, iwae_k=iwae_k)
     if as_json:
         out(json.dumps(metrics))

@@ -443,7 +443,8 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
     mixed = f", precision {precision}" if precision != "32" else ""
     n = torch.get_num_threads()
     threads = f" ({n} thread{'s' if n != 1 else ''})" if dev.type == "cpu" else ""
-    notice(f"{spec.name} on {config['dataset']} ({getattr(task, 'data_source', '')}), "
+    dataset = "your own text" if config.get("data") else config["dataset"]
+    notice(f"{spec.name} on {dataset} ({getattr(task, 'data_source', '')}), "
            f"device {dev}{threads}{where}{mixed}")
     folder = None
     if d.main:

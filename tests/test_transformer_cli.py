@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_cli
@@ -154,8 +155,17 @@ def test_own_tsv_corpus_trains(tmp_path):
     (tmp_path / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
     proc = run_cli("train", "transformer", "--data", "pairs.tsv", *TINY[:-6], "--epochs", "1",
                    "--set", "vocab_size=60", cwd=tmp_path, check=0, env=ONE_THREAD)
-    assert proc.stdout.strip().splitlines()[-1].endswith(".safetensors")
+    ckpt = Path(tmp_path, proc.stdout.strip().splitlines()[-1])
+    assert ckpt.name.endswith(".safetensors")
     assert "pairs.tsv" in proc.stderr  # the data source is named in the log
+    # evaluate finds the corpus from another folder; once it moves, --data says where
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run_cli("evaluate", ckpt, "--json", cwd=elsewhere, check=0, env=ONE_THREAD)
+    (tmp_path / "pairs.tsv").rename(tmp_path / "moved.tsv")
+    gone = run_cli("evaluate", ckpt, cwd=elsewhere, env=ONE_THREAD)
+    assert gone.returncode == 2 and "pass --data" in gone.stderr
+    run_cli("evaluate", ckpt, "--data", tmp_path / "moved.tsv", cwd=elsewhere, check=0, env=ONE_THREAD)
 
 
 def test_malformed_tsv_is_a_clear_error(tmp_path):

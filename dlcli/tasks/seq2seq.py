@@ -229,7 +229,8 @@ class Seq2SeqTask(Task):
         try:
             self.setup_data()
         except DlcliError as e:
-            raise DlcliError(f"evaluate needs the training corpus: {e}") from None
+            moved = " (if it moved, pass --data with where it is now)" if self.config.get("data") else ""
+            raise DlcliError(f"evaluate needs the training corpus: {e}{moved}") from None
         self.train_mode(False)
         loss = self.loss_on("test")
         beam = self.config["beam"]
