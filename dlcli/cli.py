@@ -450,9 +450,12 @@ def main(argv=None) -> None:
     except Interrupted as e:
         print(f"interrupted: saved {e.path}; continue with `--resume {e.path}`", file=sys.stderr)
         sys.exit(e.exit_code)
-    except Exception as e:  # the last line of defence: one line, exit 1
+    except Exception as e:  # the last line of defence: one line
         if STATE["debug"]:
             raise
+        if isinstance(e, OSError) and e.filename is not None:  # a path that cannot be used
+            print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+            sys.exit(2)
         print(f"error: unexpected failure: {type(e).__name__}: {e} (rerun with --debug for "
               "the traceback)", file=sys.stderr)
         sys.exit(1)

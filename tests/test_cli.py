@@ -92,6 +92,7 @@ def test_bad_usage_is_one_line_exit_2(tmp_path):
     _one_line_error(run_cli("sample", "vae", "--seed", str(2**64)), "--seed")
     # checked before torchrun starts: one line, not one per process plus torchrun's traceback
     _one_line_error(run_cli("train", "mlp", "--set", "nosuch=1", "--nproc-per-node", "2"), "nosuch")
+    _one_line_error(run_cli("presets", "copy", "mlp", tmp_path / "no" / "x.yaml"), "No such file")
     bare = run_cli()  # no arguments: the help, and no empty "error:" line
     assert bare.returncode == 2 and "Usage" in bare.stdout and "error" not in bare.stderr
 

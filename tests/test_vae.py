@@ -282,6 +282,10 @@ def test_output_name_must_match_the_format(trained, cli, isolated):
         proc = cli("sample", "vae", "--checkpoint", trained["vae"], *args)
         assert proc.returncode == 2 and "does not end in" in proc.stderr, args
     assert not list(isolated.glob("out.*"))
+    (isolated / "folder").mkdir()
+    proc = cli("sample", "vae", "--checkpoint", trained["vae"], "-o", "folder")
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: cannot write folder: Is a directory"
+    assert not list((isolated / "folder").iterdir())  # no temporary file left behind
 
 
 def test_default_sample_names_are_claimed(isolated):
