@@ -12,6 +12,7 @@ Nothing is pickled, and nothing here calls torch.load.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -56,10 +57,13 @@ def unflatten_state(obj, tensors: dict):
 
 # ---- writing ------------------------------------------------------------------------
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()  # once, at import, before any other thread could create a file
 
 
 def atomic_write(path: Path, write) -> None:
@@ -70,7 +74,8 @@ def atomic_write(path: Path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result should not be
+        with contextlib.suppress(OSError):  # some network mounts refuse chmod; not worth failing
+            os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private; the result should not be
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

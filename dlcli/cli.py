@@ -164,7 +164,8 @@ def train(
 
     if resume is not None:
         # Architecture and data come from the checkpoint; only the epoch budget may change.
-        saved = load_checkpoint(resume, expect_model=model).config
+        checkpoint = load_checkpoint(resume, expect_model=model)
+        saved = checkpoint.config
         changed = {k: v for k, v in config.items() if k != "epochs" and saved.get(k) != v
                    and (k in flags and flags[k] is not None or any(s.startswith(k + "=") for s in set_)
                         or preset)}
@@ -180,6 +181,7 @@ def train(
             warn(f"the cosine schedule was planned for {saved['epochs']} epochs; it now "
                  f"stretches to {config['epochs']}")
         validate_numbers(config)
+        training.check_resumable(checkpoint, config["epochs"])
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # after the checks: one error, once
         _launch_torchrun(nproc_per_node)
     path = training.train(spec, config, device=device, data_dir=data_dir, run_dir=run_dir,
@@ -263,8 +265,8 @@ def sample(
         raise DlcliError(f"{model} has no --grid {grid!r}; choose one of: {', '.join(spec.grids)}")
     if n is not None and not 1 <= n <= MAX_SAMPLES:
         raise DlcliError(f"-n must be between 1 and {MAX_SAMPLES:,} images, got {n}")
-    if seed is not None and not 0 <= seed < 2**63:
-        raise DlcliError(f"--seed must be in [0, 2**63), got {seed}")
+    if seed is not None and not -2**63 <= seed < 2**63:
+        raise DlcliError(f"--seed must fit in 64 bits (-2**63 to 2**63 - 1), got {seed}")
     suffix = Path(output).suffix.lower() if output and output != "-" else ""
     if fmt is None:
         fmt = "npy" if suffix == ".npy" else "png"
@@ -407,7 +409,7 @@ def evaluate(
     task = spec.load_task().from_checkpoint(spec, ckpt, dev, data_dir)
     if data:
         if not task.config.get("data"):
-            raise DlcliError(f"--data is for a {ckpt.model} trained on your own text (train --data)")
+            raise DlcliError("--data is for a transformer trained on your own text (train --data)")
         task.config = {**task.config, "data": [str(p) for p in data]}
     metrics = task.evaluate(classifier=classifier, samples=samples, iwae_k=iwae_k)
     if as_json:
@@ -454,7 +456,8 @@ def main(argv=None) -> None:
         if STATE["debug"]:
             raise
         if isinstance(e, OSError) and e.filename is not None:  # a path that cannot be used
-            print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+            print(f"error: {e.filename}: {e.strerror or e} (rerun with --debug for the traceback)",
+                  file=sys.stderr)
             sys.exit(2)
         print(f"error: unexpected failure: {type(e).__name__}: {e} (rerun with --debug for "
               "the traceback)", file=sys.stderr)

@@ -29,12 +29,13 @@ NUMBER_RULES = {
                      "encoder_layers", "decoder_layers", "beam", "train_size", "pack",
                      "vocab_size"), AT_LEAST_1),
     **dict.fromkeys(("val_size", "keep_epochs", "warmup", "weight_decay", "clip_norm", "beta",
-                     "capacity", "capacity_epochs", "gamma", "length_penalty"), AT_LEAST_0),
-    **dict.fromkeys(("lr", "lr_decay", "temperature", "truncation", "d_lr_scale"), POSITIVE),
+                     "capacity", "capacity_epochs", "gamma", "length_penalty", "temperature",
+                     "truncation"), AT_LEAST_0),  # temperature/truncation 0: sample the mean
+    **dict.fromkeys(("lr", "lr_decay", "d_lr_scale"), POSITIVE),
     **dict.fromkeys(("dropout", "d_dropout", "label_smoothing", "momentum", "ema", "beta1",
                      "beta2"), FRACTION),
     "max_len": (lambda x: x >= 2, "at least 2 (an end token and one more)"),
-    "seed": (lambda x: 0 <= x < 2**63, "in [0, 2**63)"),
+    "seed": (lambda x: -2**63 <= x < 2**63, "64 bits (-2**63 to 2**63 - 1)"),
 }
 
 

@@ -92,12 +92,12 @@ class StopRequest:
     arriving inside an optimizer step must not leave half-updated weights behind. A second
     signal aborts at once (the last epoch's checkpoint is still intact)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
+    def __init__(self, distributed: bool = False):
         self.requested = False
         self.signum = None
         self.previous = {}
+        # under torchrun a SIGTERM is torchrun shutting the workers down: let it
+        self.signals = (signal.SIGINT,) if distributed else (signal.SIGINT, signal.SIGTERM)
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -108,7 +108,7 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self.previous = {s: signal.signal(s, self._handle) for s in self.signals}
         return self
 
     def __exit__(self, *exc):
@@ -178,7 +178,7 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
                         epoch=epoch_done, step=global_step, metrics=metrics, state=state,
                         extra={**task.checkpoint_extra(), **where})
 
-    stop = StopRequest()
+    stop = StopRequest(distributed=d.active)
     epoch = start_epoch
     try:
         with stop, _progress() as progress:
@@ -410,6 +410,17 @@ def plot_metrics(run_dir: Path) -> None:
     plt.close(fig)
 
 
+def check_resumable(ckpt, epochs: int) -> None:
+    """Refuse a checkpoint that cannot continue to `epochs` epochs, before anything is
+    written: one without training state, or one that has trained that many already."""
+    if ckpt.state is None:
+        raise DlcliError(f"{ckpt.path} holds no training state to resume from")
+    if ckpt.epoch >= epochs:
+        part = " and part of the next" if ckpt.state.get("batch") else ""
+        raise DlcliError(f"{ckpt.path} has trained {ckpt.epoch} epochs{part} already; ask for "
+                         f"more with --epochs (more than {ckpt.epoch})")
+
+
 def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=None,
           resume_path=None, precision: str | None = None, compile: bool = False) -> Path | None:
     """Build the task, claim the run folder (rank 0), and fit. Returns the checkpoint path
@@ -424,11 +435,7 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
     seed_everything(config["seed"] + d.rank)  # own noise per rank; weights come from rank 0
     resume = load_checkpoint(resume_path, expect_model=spec.name) if resume_path else None
     if resume is not None:  # checked before any folder is claimed or file written
-        if resume.state is None:
-            raise DlcliError(f"{resume.path} holds no training state to resume from")
-        if resume.epoch >= config["epochs"] and not resume.state.get("batch"):
-            raise DlcliError(f"{resume.path} has trained {resume.epoch} epochs already; ask for "
-                             f"more with --epochs (more than {resume.epoch})")
+        check_resumable(resume, config["epochs"])
     if resume is not None and data_dir is None and resume.meta.get("data_dir"):
         data_dir = resume.meta["data_dir"]
         if not Path(data_dir).is_dir():

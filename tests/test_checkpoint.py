@@ -1,5 +1,4 @@
 import json
-import os
 import stat
 from pathlib import Path
 
@@ -103,12 +102,19 @@ def test_no_unsafe_loading_in_package():
             assert banned not in text, (path, banned)
 
 
-def test_written_files_follow_the_umask(tmp_path):
+def test_written_files_follow_the_umask(tmp_path, monkeypatch):
     """mkstemp's private 0600 must not survive the rename: others on a shared machine
     should read a checkpoint as they read any file its owner writes."""
-    old = os.umask(0o022)
-    try:
+    from dlcli import checkpoint
+
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
+        monkeypatch.setattr(checkpoint, "UMASK", umask)
         atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == mode
+
+
+def test_huge_seeds_shuffle_like_torch_wraps_them():
+    from dlcli.data.batches import epoch_permutation
+
+    assert len(epoch_permutation(10, 2**62, 3)) == 10  # seed * 1_000_003 overflowed int64
+    assert torch.equal(epoch_permutation(10, 5, 1), epoch_permutation(10, 5, 1))

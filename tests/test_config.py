@@ -49,7 +49,7 @@ def test_every_bundled_preset_resolves():
     ("mlp", "dropout=1.5", "dropout must be in [0, 1)"),
     ("mlp", "lr=.nan", "lr must be more than 0"),
     ("mlp", "precision=bogus", "unknown precision 'bogus'"),
-    ("mlp", "seed=99999999999999999999", "seed must be in [0, 2**63)"),
+    ("mlp", "seed=99999999999999999999", "seed must be 64 bits"),
     ("gan", "latent_dim=-1", "latent_dim must be at least 1"),
     ("gan", "ema=2", "ema must be in [0, 1)"),
     ("transformer", "heads=3", "d_model (128) must be a multiple of heads (3)"),

@@ -88,3 +88,12 @@ def test_an_explicit_data_dir_without_the_files_says_so(tmp_path, capsys):
     assert images.source == "bundled subset"
     assert f"no complete mnist in {folder}" in err and "t10k-images-idx3-ubyte" in err
     assert "missing train-images" not in err
+
+
+def test_the_data_dir_notice_comes_even_when_a_later_place_has_the_data(
+        tmp_path, capsys, monkeypatch, mnist_dir):
+    monkeypatch.setenv("DLCLI_DATA_DIR", str(mnist_dir))
+    (tmp_path / "empty").mkdir()
+    images = mnist.load_images("mnist", tmp_path / "empty", allow_download=False)
+    assert "$DLCLI_DATA_DIR" in images.source
+    assert "no complete mnist" in capsys.readouterr().err

@@ -90,6 +90,9 @@ def test_resume_refuses_before_writing_anything(tmp_path):
     assert done.returncode == 2 and "trained 2 epochs already" in done.stderr
     assert done.stdout == "" and not (tmp_path / "new").exists()
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
+    # with --nproc-per-node too: refused once, before torchrun starts
+    ddp = run_cli(*xor, "--epochs", "1", "--resume", last, "--nproc-per-node", "2")
+    assert ddp.returncode == 2 and ddp.stderr.count("error:") == 1 and "Traceback" not in ddp.stderr
 
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -10,7 +10,7 @@ import torch
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffle of epoch `epoch`: depends on (seed, epoch) only, so a resumed run
     sees exactly the order the uninterrupted run would have seen."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)  # as torch wraps it
     return torch.randperm(n, generator=g)
 
 

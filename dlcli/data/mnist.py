@@ -142,11 +142,11 @@ def load_images(dataset: str, data_dir=None, allow_download: bool | None = None)
         tensors = _load_folder(dataset, folder)
         if tensors is not None:
             return ImageSet(dataset, **_shaped(tensors), source=f"{folder} ({label})")
-    if data_dir is not None:  # asked for by name, so say why it was passed over
-        folder = Path(data_dir) / dataset if (Path(data_dir) / dataset).is_dir() else Path(data_dir)
-        missing = [stem for stem in FILES.values() if _find(folder, stem) is None]
-        notice(f"--data-dir {data_dir}: no complete {dataset} in {folder} (missing "
-               f"{', '.join(missing)}); looking elsewhere")
+        if label == "--data-dir" and folder == Path(data_dir):  # its last place: say why
+            named = folder / dataset if (folder / dataset).is_dir() else folder
+            missing = [stem for stem in FILES.values() if _find(named, stem) is None]
+            notice(f"--data-dir {data_dir}: no complete {dataset} in {named} (missing "
+                   f"{', '.join(missing)}); looking elsewhere")
     if allow_download is None:
         allow_download = os.environ.get("DLCLI_OFFLINE", "") in ("", "0")
     target = cache_dir() / dataset

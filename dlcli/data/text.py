@@ -185,7 +185,7 @@ def user_corpus(paths: list[str], val_size: int, seed: int) -> Corpus:
         raise DlcliError(f"{paths[0]}: too few sentence pairs to train on ({len(sources)})")
     order = list(range(len(sources)))
     random.Random(seed).shuffle(order)
-    held = min(val_size, max(1, len(order) // 10))
+    held = max(1, min(val_size, len(order) // 10))  # validation needs one pair at least
     pick = lambda idx: ([sources[i] for i in idx], [targets[i] for i in idx])  # noqa: E731
     val = pick(order[:held])
     splits = {"train": pick(order[held:]), "val": val, "test": val}

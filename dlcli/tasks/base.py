@@ -131,10 +131,12 @@ class Task:
         for key, opt in self.optimizers.items():
             # how to step (fused or not) is this build's choice, not the checkpoint's: a
             # checkpoint from an unfused build would otherwise resume several times slower
+            # (patched in before loading: torch places Adam's `step` by the loaded flags)
+            saved = state["optimizers"][key]
             kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in opt.param_groups]
-            opt.load_state_dict(state["optimizers"][key])
-            for group, kept in zip(opt.param_groups, kernels):
-                group.update(kept)
+            saved = {**saved, "param_groups": [{**g, **kept} for g, kept
+                                               in zip(saved["param_groups"], kernels)]}
+            opt.load_state_dict(saved)
             match_layouts(opt)
         for key, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][key])
