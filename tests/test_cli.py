@@ -90,6 +90,7 @@ def test_bad_usage_is_one_line_exit_2(tmp_path):
     _one_line_error(run_cli("train", "mlp", "--preset", other), "cnn")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.safetensors"))
     _one_line_error(run_cli("sample", "vae", "--seed", str(2**64)), "--seed")
+    _one_line_error(run_cli("evaluate", "x.safetensors", "--samples", "1"), "at least 2")
     # checked before torchrun starts: one line, not one per process plus torchrun's traceback
     _one_line_error(run_cli("train", "mlp", "--set", "nosuch=1", "--nproc-per-node", "2"), "nosuch")
     _one_line_error(run_cli("presets", "copy", "mlp", tmp_path / "no" / "x.yaml"), "No such file")

@@ -118,3 +118,15 @@ def test_resume_of_a_checkpoint_kept_elsewhere_starts_a_new_run_folder(tmp_path,
     # a run folder is continued in place
     again = run_cli(*xor, "--epochs", "3", "--resume", run / "last.safetensors", check=0)
     assert Path(again.stdout.strip()).parent == run
+
+
+def test_a_mid_epoch_checkpoint_needs_a_later_epoch_budget():
+    from types import SimpleNamespace
+
+    from dlcli.errors import DlcliError
+    from dlcli.train import check_resumable
+
+    mid = SimpleNamespace(path="mid.safetensors", epoch=1, state={"batch": 3})  # inside epoch 2
+    check_resumable(mid, 2)
+    with pytest.raises(DlcliError, match="trained 1 epochs and part of the next already"):
+        check_resumable(mid, 1)

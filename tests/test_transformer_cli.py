@@ -175,3 +175,11 @@ def test_malformed_tsv_is_a_clear_error(tmp_path):
     (tmp_path / "bad.tsv").write_text("one\ttwo\nthree\n")
     with pytest.raises(DlcliError, match="line 2"):
         user_corpus([str(tmp_path / "bad.tsv")], 10, 0)
+
+
+def test_own_text_holds_out_one_pair_at_least(tmp_path):
+    from dlcli.data.text import user_corpus
+
+    (tmp_path / "p.tsv").write_text("".join(f"{i} Hund\t{i} dog\n" for i in range(30)))
+    corpus = user_corpus([str(tmp_path / "p.tsv")], 0, 0)  # --set val_size=0
+    assert len(corpus.splits["val"][0]) == 1 and len(corpus.splits["train"][0]) == 29
