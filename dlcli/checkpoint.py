@@ -162,6 +162,13 @@ class Checkpoint:
         return json.loads(self.meta.get("metrics", "{}"))
 
     @property
+    def batch(self) -> int:
+        """Batches of the next epoch already trained (0: saved at an epoch's end); from the
+        state's plain values, so it needs no tensors."""
+        raw = self.meta.get("state")
+        return int(dict(json.loads(raw)["__dict__"]).get("batch", 0)) if raw else 0
+
+    @property
     def state(self) -> dict | None:
         raw = self.meta.get("state")
         return unflatten_state(json.loads(raw), self.tensors) if raw else None
@@ -200,9 +207,11 @@ def _read(path: Path, with_tensors: bool) -> tuple[dict, dict]:
     return meta, tensors
 
 
-def load_checkpoint(path, expect_model: str | None = None) -> Checkpoint:
+def load_checkpoint(path, expect_model: str | None = None, tensors: bool = True) -> Checkpoint:
+    """tensors=False: the metadata alone (config, epoch, resume position), read without
+    loading the weights and optimizer state."""
     path = Path(path)
-    meta, tensors = _read(path, with_tensors=True)
+    meta, tensors = _read(path, with_tensors=tensors)
     ckpt = Checkpoint(path, meta, tensors)
     if expect_model and ckpt.model != expect_model:
         raise DlcliError(

@@ -164,7 +164,7 @@ def train(
 
     if resume is not None:
         # Architecture and data come from the checkpoint; only the epoch budget may change.
-        checkpoint = load_checkpoint(resume, expect_model=model)
+        checkpoint = load_checkpoint(resume, expect_model=model, tensors=False)  # train() loads it
         saved = checkpoint.config
         changed = {k: v for k, v in config.items() if k != "epochs" and saved.get(k) != v
                    and (k in flags and flags[k] is not None or any(s.startswith(k + "=") for s in set_)

@@ -1,5 +1,7 @@
 """Errors a user can act on. The CLI prints them as one line and exits 2; no traceback."""
 
+import signal
+
 
 class DlcliError(Exception):
     """Bad usage or bad input: an unknown name, a bad value, an unreadable file."""
@@ -21,7 +23,7 @@ def did_you_mean(kind: str, name: str, choices) -> str:
 class Interrupted(Exception):
     """Ctrl-C (or SIGTERM) during training, raised after the checkpoint was saved."""
 
-    def __init__(self, path, signum: int = 2):
+    def __init__(self, path, signum: int = signal.SIGINT):
         super().__init__(str(path))
         self.path = path
-        self.exit_code = 128 + int(signum or 2)  # what a shell reports for that signal
+        self.exit_code = 128 + int(signum)  # what a shell reports for that signal

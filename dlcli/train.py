@@ -413,10 +413,10 @@ def plot_metrics(run_dir: Path) -> None:
 def check_resumable(ckpt, epochs: int) -> None:
     """Refuse a checkpoint that cannot continue to `epochs` epochs, before anything is
     written: one without training state, or one that has trained that many already."""
-    if ckpt.state is None:
+    if "state" not in ckpt.meta:
         raise DlcliError(f"{ckpt.path} holds no training state to resume from")
     if ckpt.epoch >= epochs:
-        part = " and part of the next" if ckpt.state.get("batch") else ""
+        part = " and part of the next" if ckpt.batch else ""
         raise DlcliError(f"{ckpt.path} has trained {ckpt.epoch} epochs{part} already; ask for "
                          f"more with --epochs (more than {ckpt.epoch})")
 

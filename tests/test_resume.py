@@ -126,7 +126,7 @@ def test_a_mid_epoch_checkpoint_needs_a_later_epoch_budget():
     from dlcli.errors import DlcliError
     from dlcli.train import check_resumable
 
-    mid = SimpleNamespace(path="mid.safetensors", epoch=1, state={"batch": 3})  # inside epoch 2
+    mid = SimpleNamespace(path="mid.safetensors", meta={"state": "..."}, epoch=1, batch=3)  # in epoch 2
     check_resumable(mid, 2)
     with pytest.raises(DlcliError, match="trained 1 epochs and part of the next already"):
         check_resumable(mid, 1)
