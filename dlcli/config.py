@@ -14,7 +14,10 @@ import yaml
 
 from dlcli.errors import DlcliError
 
-PRESET_DIR = Path(__file__).parent / "presets"
+# An installed wheel carries the presets inside the package; a source checkout (editable
+# install, PYTHONPATH) reads them from the top-level presets/ folder.
+_PACKAGED_PRESETS = Path(__file__).parent / "presets"
+PRESET_DIR = _PACKAGED_PRESETS if _PACKAGED_PRESETS.is_dir() else Path(__file__).parent.parent / "presets"
 PRECISIONS = ("auto", "32", "bf16", "bf16-matmul", "16-mixed")
 
 # What each number may be, whichever model has the key; a list (layer widths) is checked

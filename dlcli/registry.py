@@ -3,7 +3,7 @@
 This module is imported by `dlcli --help` and `dlcli models`, so it must stay free of
 torch: a spec names its task class by import path, and `load_task()` imports it only
 when a command needs it. Adding a model is one module under `dlcli/models/`, one
-preset under `dlcli/presets/`, and one `register(...)` line below.
+preset under `presets/`, and one `register(...)` line below.
 """
 
 from __future__ import annotations
