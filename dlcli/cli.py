@@ -17,14 +17,16 @@ import typer
 
 from dlcli import __version__
 from dlcli.errors import DlcliError, Interrupted
+from dlcli.registry import all_datasets, get_spec, list_models
 
 app = typer.Typer(
-    name="dlcli", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="dlcli", no_args_is_help=True, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Train and sample the classic deep-learning models: perceptron, MLP, CNN, GANs, "
          "VAEs and the Transformer.",
 )
-presets_app = typer.Typer(help="The bundled YAML presets: list, show, copy.", no_args_is_help=False)
+presets_app = typer.Typer(help="The bundled YAML presets: list, show, copy, validate.",
+                          no_args_is_help=False)
 app.add_typer(presets_app, name="presets")
 
 STATE = {"debug": False}
@@ -54,6 +56,30 @@ def root(
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
+def examples(*lines: str) -> str:
+    """A command's help epilog: example command lines, one per line."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+
+
+# Shell completion (`dlcli --install-completion`): names from the torch-free registry and presets.
+def complete_model(incomplete: str):
+    return [(s.name, s.description) for s in list_models() if s.name.startswith(incomplete)]
+
+
+def complete_sampling_model(incomplete: str):
+    return [(name, help) for name, help in complete_model(incomplete) if get_spec(name).samples]
+
+
+def complete_dataset(incomplete: str):
+    return [d for d in all_datasets() if d.startswith(incomplete)]
+
+
+def complete_preset(incomplete: str):
+    from dlcli.config import list_presets
+
+    return [(p["name"], p["description"]) for p in list_presets() if p["name"].startswith(incomplete)]
+
+
 def out(text: str) -> None:
     """A result on stdout, flushed (pipelines read it as soon as it is there)."""
     sys.stdout.write(text + "\n")
@@ -62,11 +88,9 @@ def out(text: str) -> None:
 
 # ---- models / presets ---------------------------------------------------------------
 
-@app.command()
+@app.command(epilog=examples("dlcli models", "dlcli models --json | jq -r '.[].name'"))
 def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """List the models: name, family, default dataset, description."""
-    from dlcli.registry import list_models
-
     rows = [{"name": s.name, "family": s.family, "default_dataset": s.default_dataset,
              "datasets": list(s.datasets), "description": s.description,
              "conditional": s.conditional, "grids": list(s.grids)} for s in list_models()]
@@ -88,7 +112,7 @@ def presets_default(ctx: typer.Context):
         presets_list()
 
 
-@presets_app.command("list")
+@presets_app.command("list", epilog=examples("dlcli presets list"))
 def presets_list():
     """List the bundled presets."""
     from dlcli.config import list_presets
@@ -97,16 +121,19 @@ def presets_list():
         out(f"{p['name']:<28} {p['model']:<12} {p['description']}")
 
 
-@presets_app.command("show")
-def presets_show(name: str = typer.Argument(..., help="Preset name or YAML file.")):
+@presets_app.command("show", epilog=examples("dlcli presets show mlp"))
+def presets_show(name: str = typer.Argument(..., help="Preset name or YAML file.",
+                                            autocompletion=complete_preset)):
     """Print a preset's YAML."""
     from dlcli.config import preset_path
 
     sys.stdout.write(preset_path(name).read_text(encoding="utf-8"))
 
 
-@presets_app.command("copy")
-def presets_copy(name: str, dest: Path = typer.Argument(..., help="File or folder to copy to.")):
+@presets_app.command("copy", epilog=examples("dlcli presets copy mlp my-mlp.yaml",
+                                             "dlcli train mlp --preset my-mlp.yaml"))
+def presets_copy(name: str = typer.Argument(..., help="Preset name.", autocompletion=complete_preset),
+                 dest: Path = typer.Argument(..., help="File or folder to copy to.")):
     """Copy a bundled preset to DEST, to edit and pass back with --preset FILE."""
     from dlcli.config import preset_path
 
@@ -118,14 +145,33 @@ def presets_copy(name: str, dest: Path = typer.Argument(..., help="File or folde
     out(str(target))
 
 
+@presets_app.command("validate", epilog=examples("dlcli presets validate my-mlp.yaml"))
+def presets_validate(path: Path = typer.Argument(..., help="A preset YAML file (`model:` names its model).")):
+    """Check a preset against its model's schema: known keys, types and ranges (exit 2 if not)."""
+    from dlcli.config import validate_preset
+
+    if not path.is_file():
+        raise DlcliError(f"preset file not found: {path}")
+    model, _ = validate_preset(path)
+    out(f"{path}: a valid {model} preset")
+
+
 # ---- train --------------------------------------------------------------------------
 
-@app.command()
+@app.command(epilog=examples(
+    "dlcli train mlp --epochs 3 --data-dir ../shared/data",
+    "dlcli train cvae --set latent=16 --dry-run    (show the config, train nothing)",
+    "dlcli --threads 1 train vae    (global options go before the command)"))
 def train(
-    model: str = typer.Argument(..., help="Model name (see `dlcli models`)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset to train on."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name or YAML file."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: key=value."),
+    model: str = typer.Argument(..., help="One of: " + ", ".join(s.name for s in list_models()) + ".",
+                                autocompletion=complete_model),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", autocompletion=complete_dataset,
+                                          help="Default: the model's. One of: "
+                                          + ", ".join(all_datasets()) + "."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", autocompletion=complete_preset,
+                                         help="Preset name (`dlcli presets`) or YAML file."),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
+                                   help="Override a config key (repeatable)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e",
                                          help="Passes over the data (default: the preset's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Items per step."),
@@ -145,17 +191,17 @@ def train(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node",
                                        help="Data-parallel processes (launches torchrun)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config, where each "
+                                 "value came from, and the data; train nothing."),
 ):
     """Train a model. Progress goes to stderr; the checkpoint path is the last stdout line."""
     if nproc_per_node < 1:
         raise DlcliError(f"--nproc-per-node must be positive, got {nproc_per_node}")
-    from dlcli.config import resolve_config, validate_numbers
-    from dlcli.registry import get_spec
-
+    from dlcli.config import traced_config, validate_numbers
     spec = get_spec(model)
     flags = dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                  data=[str(p.absolute()) for p in data] or None)  # evaluate works from anywhere
-    config = resolve_config(model, preset, set_, **flags)
+    config, sources = traced_config(model, preset, set_, **flags)
     if config["dataset"] not in spec.datasets and "data" not in config:
         raise DlcliError(f"{model} cannot train on {config['dataset']!r}; "
                          f"choose one of: {', '.join(spec.datasets)}")
@@ -182,6 +228,12 @@ def train(
                  f"stretches to {config['epochs']}")
         validate_numbers(config)
         training.check_resumable(checkpoint, config["epochs"])
+        sources = {k: f"checkpoint {resume.name}" for k in config} | (
+            {"epochs": sources["epochs"]} if epochs is not None else {})
+    if dry_run:
+        out(training.dry_run(spec, config, sources, device=device, data_dir=data_dir,
+                             resume_path=resume, precision=precision))
+        return
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # after the checks: one error, once
         _launch_torchrun(nproc_per_node)
     path = training.train(spec, config, device=device, data_dir=data_dir, run_dir=run_dir,
@@ -235,9 +287,12 @@ def _default_output(model: str, suffix: str) -> Path:
     raise DlcliError("could not find a free file name under samples/")
 
 
-@app.command()
+@app.command(epilog=examples("dlcli sample cvae --label all -o digits.png",
+                             "dlcli sample vae --grid manifold --seed 0 -o - | display"))
 def sample(
-    model: str = typer.Argument(..., help="Model name."),
+    model: str = typer.Argument(..., help="A model that makes pictures: "
+                                + ", ".join(s.name for s in list_models() if s.samples) + ".",
+                                autocompletion=complete_sampling_model),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
                                               help="Default: newest run under ./runs."),
     n: Optional[int] = typer.Option(None, "-n", help="How many images (default 64; 100 for --label all)."),
@@ -251,8 +306,6 @@ def sample(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
 ):
     """Generate images from a trained model; prints the file written (or writes bytes to -o -)."""
-    from dlcli.registry import get_spec
-
     spec = get_spec(model)
     if not spec.samples:
         raise DlcliError(f"{model} does not generate images; models that do: "
@@ -316,14 +369,13 @@ def sample(
 
 
 def _sampling_models():
-    from dlcli.registry import list_models
-
     return [s for s in list_models() if s.samples]
 
 
 # ---- translate ----------------------------------------------------------------------
 
-@app.command()
+@app.command(epilog=examples('dlcli translate "12,345"',
+                             "dlcli translate --attention attention.png < sentences.txt"))
 def translate(
     text: List[str] = typer.Argument(None, help="Sentences to translate; none: read stdin."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
@@ -335,8 +387,6 @@ def translate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
 ):
     """Translate sentences with a trained Transformer: one output line per input line."""
-    from dlcli.registry import get_spec
-
     spec = get_spec("transformer")
     if beam < 1 or n_best < 1 or (max_len is not None and max_len < 1):
         raise DlcliError("--beam, --n-best and --max-len must be positive")
@@ -351,7 +401,7 @@ def translate(
                   n_best=n_best, attention=attention, device=device, out=out)
 
 
-@app.command()
+@app.command(epilog=examples("dlcli average runs/transformer/*/epoch-*.safetensors -o averaged.safetensors"))
 def average(
     checkpoints: List[Path] = typer.Argument(..., help="Checkpoints of one model to average."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the average."),
@@ -368,7 +418,8 @@ def average(
 
 # ---- inspect / evaluate -------------------------------------------------------------
 
-@app.command()
+@app.command(epilog=examples("dlcli inspect runs/mlp/20260101-120000/best.safetensors",
+                             "dlcli inspect CKPT --json | jq .provenance"))
 def inspect(
     checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -383,7 +434,8 @@ def inspect(
         render(info)
 
 
-@app.command()
+@app.command(epilog=examples("dlcli evaluate runs/mlp/20260101-120000/best.safetensors",
+                             "dlcli evaluate CKPT --json --classifier runs/cnn/NAME/best.safetensors"))
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -400,7 +452,6 @@ def evaluate(
     if samples < 2 or iwae_k < 1:  # a covariance (the FID) needs two samples at least
         raise DlcliError("--samples must be at least 2 and --iwae-k at least 1")
     from dlcli.checkpoint import load_checkpoint
-    from dlcli.registry import get_spec
     from dlcli.train import pick_device
 
     ckpt = load_checkpoint(checkpoint)
@@ -421,12 +472,67 @@ def evaluate(
 
 # ---- entry point --------------------------------------------------------------------
 
+GLOBAL_OPTIONS = {"--threads": 1, "--debug": 0}  # option -> how many values follow it
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """`dlcli train mlp --threads 1` means `dlcli --threads 1 train mlp`: global options
+    given after the command move in front of it (up to a `--`, after which all is text)."""
+    command = next((i for i, a in enumerate(args) if not a.startswith("-")
+                    and (i == 0 or GLOBAL_OPTIONS.get(args[i - 1]) != 1)), None)
+    if command is None:
+        return args
+    front, rest, i = args[:command], [], command
+    while i < len(args):
+        name = args[i].split("=", 1)[0]
+        if args[i] == "--":
+            rest += args[i:]
+            break
+        if name in GLOBAL_OPTIONS:
+            takes = GLOBAL_OPTIONS[name] if "=" not in args[i] else 0
+            front += args[i:i + 1 + takes]
+            i += 1 + takes
+        else:
+            rest.append(args[i])
+            i += 1
+    return front + rest
+
+
+PLAIN_TYPES = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "Path": "PATH"}
+
+
+def _plain_type(param, ctx) -> str:
+    """What a help line shows for a value: an option's metavar, else a plain word
+    (INTEGER, PATH, TEXT); nothing for flags and arguments (their name says it)."""
+    if param.param_type_name == "argument" or getattr(param, "is_flag", False):
+        return ""
+    if param.metavar:
+        return param.metavar
+    inner = param.bare_type().removeprefix("list[").removesuffix("]")
+    return PLAIN_TYPES.get(inner, inner.upper())
+
+
+def plain_metavars(command) -> None:
+    """Recent Typer labels values with Python types (<int>, <list[Path]>, and <bool> on
+    flags, --help included): show plain words instead, and arguments by name (MODEL)."""
+    for param in command.params:
+        if param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = param.name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        plain_metavars(sub)
+    for cls in (typer.core.TyperOption, typer.core.TyperArgument):
+        if hasattr(cls, "bare_type"):  # the Typer that shows Python types
+            cls.display_type_rich = _plain_type
+
+
 def main(argv=None) -> None:
     # Typer may vendor its own click: take the exception classes from what it raises.
     click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     command = typer.main.get_command(app)
+    plain_metavars(command)
+    args = hoist_global_options(sys.argv[1:] if argv is None else list(argv))
     try:
-        code = command.main(args=argv, prog_name="dlcli", standalone_mode=False)
+        code = command.main(args=args, prog_name="dlcli", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as e:
         sys.exit(e.exit_code)

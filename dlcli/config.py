@@ -144,17 +144,21 @@ def _coerce(key: str, value, default):
 
 def resolve_config(model: str, preset: str | None = None, overrides=(), **flags) -> dict:
     """Default preset <- named preset <- --set overrides <- explicit flags (None = not given)."""
+    return traced_config(model, preset, overrides, **flags)[0]
+
+
+def traced_config(model: str, preset: str | None = None, overrides=(), **flags) -> tuple[dict, dict]:
+    """resolve_config's config, and for each key where its value came from: 'default',
+    'preset NAME.yaml', '--set' or the flag (`--epochs`)."""
     schema = default_config(model)
     config = dict(schema)
+    sources = dict.fromkeys(schema, "default")
     layers = []
     if preset:
         path = preset_path(preset)
-        data = _read_yaml(path)
-        if data.get("model", model) != model:
-            raise DlcliError(f"preset {preset!r} is for model {data['model']!r}, not {model!r}")
-        layers.append((f"preset {path.name}", data))
+        layers.append((f"preset {path.name}", preset_values(path, model)))
     layers.append(("--set", dict(parse_override(o) for o in overrides)))
-    layers.append(("option", {k: v for k, v in flags.items() if v is not None}))
+    layers += [(f"--{k.replace('_', '-')}", {k: v}) for k, v in flags.items() if v is not None]
     for source, values in layers:
         for key, value in values.items():
             if key not in schema:
@@ -163,8 +167,32 @@ def resolve_config(model: str, preset: str | None = None, overrides=(), **flags)
             if key == "model" and value != model:
                 raise DlcliError(f"{source} sets model {value!r}, but the command trains {model!r}")
             config[key] = _coerce(key, value, schema[key])
+            sources[key] = source
     validate_numbers(config)
-    return config
+    return config, sources
+
+
+def preset_values(path: Path, model: str | None = None) -> dict:
+    """A preset file's keys, less the provenance a run's config.yaml carries (so that file
+    works as a preset too); checked to be for `model` when given."""
+    data = _read_yaml(path)
+    data.pop("provenance", None)
+    if model is not None and data.get("model", model) != model:
+        raise DlcliError(f"preset {path} is for model {data['model']!r}, not {model!r}")
+    return data
+
+
+def validate_preset(path: Path) -> tuple[str, dict]:
+    """Check a preset file against its model's schema (its default preset): known keys,
+    values of the right type and range. Returns (model, resolved config)."""
+    from dlcli.registry import get_spec
+
+    data = preset_values(path)
+    if "model" not in data:
+        raise DlcliError(f"{path} names no model; add a line `model: NAME` (see `dlcli models`)")
+    model = str(data["model"])
+    get_spec(model)
+    return model, resolve_config(model, str(path))
 
 
 def validate_numbers(config: dict) -> None:

@@ -37,7 +37,7 @@ def read_header(path: Path) -> dict:
 
 def check_metadata(path: Path, meta: dict[str, str]) -> None:
     """A damaged or hand-edited header says so here, not as a JSON traceback later."""
-    for key in ("config", "metrics", "modules", "parameters", "state"):
+    for key in ("config", "metrics", "modules", "parameters", "state", "provenance"):
         try:
             value = json.loads(meta[key]) if key in meta else {}
         except json.JSONDecodeError:
@@ -72,7 +72,7 @@ def describe(path) -> dict:
     # trainable parameters per module, as counted at save time (buffers excluded)
     counts = json.loads(meta.get("parameters", "{}"))
     plain = {k: v for k, v in meta.items()
-             if k not in ("config", "metrics", "state", "modules", "parameters")}
+             if k not in ("config", "metrics", "state", "modules", "parameters", "provenance")}
     return {
         "path": str(path),
         "file_size": path.stat().st_size,
@@ -83,6 +83,7 @@ def describe(path) -> dict:
         "step": int(meta.get("step", 0)),
         "metrics": json.loads(meta.get("metrics", "{}")),
         "config": json.loads(meta["config"]),
+        "provenance": json.loads(meta.get("provenance", "{}")),
         "parameters": sum(v for k, v in counts.items() if "." not in k),
         "parameters_by_module": counts,
         "numel_by_tensor_group": modules,
@@ -104,6 +105,8 @@ def render(info: dict) -> None:
         c.print("metrics: " + "  ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info["metrics"].items()))
     c.print("config:  " + "  ".join(f"{k}={v}" for k, v in info["config"].items()))
+    if info["provenance"]:
+        c.print("provenance: " + "  ".join(f"{k}={v}" for k, v in info["provenance"].items()))
     c.print(f"parameters: {info['parameters']:,}"
             + ("  (+ training state for --resume)" if info["has_training_state"] else ""))
     mods = Table("module", "parameters", box=None)

@@ -59,6 +59,11 @@ def list_models() -> list[ModelSpec]:
     return list(_MODELS.values())
 
 
+def all_datasets() -> list[str]:
+    """Every dataset some model trains on, in registration order."""
+    return list(dict.fromkeys(d for spec in _MODELS.values() for d in spec.datasets))
+
+
 _CLASSIFY = "dlcli.tasks.classify:ClassifierTask"
 
 register(ModelSpec(

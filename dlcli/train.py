@@ -134,17 +134,21 @@ def _progress():
 
 
 def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
-        precision: str = "32") -> Path | None:
+        precision: str = "32", provenance: dict | None = None) -> Path | None:
     """Train `task` for config['epochs'] epochs in `run_dir`; return the checkpoint path.
-    Under torch.distributed every rank calls this; only rank 0 (run_dir given) writes."""
+    Under torch.distributed every rank calls this; only rank 0 (run_dir given) writes.
+    `provenance` (versions, command, data, device) goes into config.yaml and checkpoints."""
     config = task.config
     spec = task.spec
     d = dist_info
+    started = time.perf_counter()
+    provenance = provenance or {}
     if d.main:
         run_dir = Path(run_dir)
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        written = {**config, "provenance": provenance} if provenance else config
         atomic_write(run_dir / "config.yaml",
-                     lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
+                     lambda tmp: Path(tmp).write_text(yaml.safe_dump(written, sort_keys=False)))
     autocast = precision_context(task.device, precision)
     if precision == "16-mixed":
         task.scaler = torch.amp.GradScaler("cuda")
@@ -174,9 +178,10 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
         state = {"task": task.training_state(), "rng": rng_state(), "batch": batch, "best": best}
         # the data folder too, so that --resume finds the same data without --data-dir
         where = {"data_dir": str(Path(task.data_dir).absolute())} if task.data_dir else {}
+        origin = {"provenance": json.dumps(provenance)} if provenance else {}
         save_checkpoint(last, model=spec.name, config=config, modules=task.modules,
                         epoch=epoch_done, step=global_step, metrics=metrics, state=state,
-                        extra={**task.checkpoint_extra(), **where})
+                        extra={**task.checkpoint_extra(), **where, **origin})
 
     stop = StopRequest(distributed=d.active)
     epoch = start_epoch
@@ -250,7 +255,31 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
     message = report(epoch + 1) if report else None
     if message:
         console.print(message)
+    console.print(summary(run_dir, epoch + 1 - start_epoch, time.perf_counter() - started))
     return best_path if best_path.exists() else last
+
+
+def summary(run_dir: Path, epochs_run: int, seconds: float) -> str:
+    """The closing lines of a training run: epochs, wall time, the best epoch (as its
+    checkpoint records it) with its validation metrics, and the files written."""
+    from dlcli.inspect import read_header
+
+    minutes, secs = divmod(round(seconds), 60)
+    lines = [f"done: {epochs_run} epoch{'s' if epochs_run != 1 else ''} in "
+             + (f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s")]
+    best = run_dir / "best.safetensors"
+    if best.is_file():
+        meta = read_header(best).get("__metadata__", {})
+        shown = {k: v for k, v in json.loads(meta.get("metrics", "{}")).items()
+                 if isinstance(v, (int, float)) and not k.startswith("train_")
+                 and k not in ("epoch_seconds", "items_per_s")}
+        lines.append(f"best epoch {meta.get('epoch')}: "
+                     + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    pictures = len(list((run_dir / "samples").glob("*.png")))
+    lines.append(f"wrote {run_dir}/: " + ", ".join(files)
+                 + (f", samples/ ({pictures} pictures)" if pictures else ""))
+    return "\n".join(lines)
 
 
 def _follow(task, start_epoch: int, skip: int, d: Dist, autocast) -> None:
@@ -436,6 +465,37 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
     resume = load_checkpoint(resume_path, expect_model=spec.name) if resume_path else None
     if resume is not None:  # checked before any folder is claimed or file written
         check_resumable(resume, config["epochs"])
+    task, precision = prepare_task(spec, config, dev, data_dir, resume, precision)
+    if compile:
+        compile_modules(task.modules)
+    where = f", {d.world} processes" if d.active else ""
+    mixed = f", precision {precision}" if precision != "32" else ""
+    n = torch.get_num_threads()
+    threads = f" ({n} thread{'s' if n != 1 else ''})" if dev.type == "cpu" else ""
+    notice(f"{spec.name} on {dataset_name(config)} ({getattr(task, 'data_source', '')}), "
+           f"device {dev}{threads}{where}{mixed}")
+    folder, provenance = None, None
+    if d.main:
+        provenance = run_provenance(task, precision)
+        if resume is not None and run_dir is None and (resume.path.parent / "metrics.jsonl").is_file():
+            folder = resume.path.parent  # carry on in the run folder the checkpoint came from
+        else:  # --run-dir, a fresh run, or a checkpoint kept elsewhere: never write next to it
+            folder = new_run_dir(spec.name, run_dir)
+        notice(f"run folder: {folder}")
+    try:
+        return fit(task, folder, resume, d, precision, provenance)
+    finally:
+        if d.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def dataset_name(config: dict) -> str:
+    return "your own text" if config.get("data") else config["dataset"]
+
+
+def prepare_task(spec, config: dict, dev: torch.device, data_dir, resume, precision: str | None):
+    """The task ready to train: built on `dev` with its data loaded (from the checkpoint's
+    data folder when resuming without --data-dir). Returns (task, resolved precision)."""
     if resume is not None and data_dir is None and resume.meta.get("data_dir"):
         data_dir = resume.meta["data_dir"]
         if not Path(data_dir).is_dir():
@@ -444,24 +504,44 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
     task = spec.load_task()(spec, config, dev, data_dir, meta=resume.meta if resume else None)
     precision = apply_precision(task, precision)
     task.setup_data()
-    if compile:
-        compile_modules(task.modules)
-    where = f", {d.world} processes" if d.active else ""
-    mixed = f", precision {precision}" if precision != "32" else ""
-    n = torch.get_num_threads()
-    threads = f" ({n} thread{'s' if n != 1 else ''})" if dev.type == "cpu" else ""
-    dataset = "your own text" if config.get("data") else config["dataset"]
-    notice(f"{spec.name} on {dataset} ({getattr(task, 'data_source', '')}), "
-           f"device {dev}{threads}{where}{mixed}")
-    folder = None
-    if d.main:
-        if resume is not None and run_dir is None and (resume.path.parent / "metrics.jsonl").is_file():
-            folder = resume.path.parent  # carry on in the run folder the checkpoint came from
-        else:  # --run-dir, a fresh run, or a checkpoint kept elsewhere: never write next to it
-            folder = new_run_dir(spec.name, run_dir)
-        notice(f"run folder: {folder}")
-    try:
-        return fit(task, folder, resume, d, precision)
-    finally:
-        if d.active and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    return task, precision
+
+
+def run_provenance(task, precision: str) -> dict:
+    """Where a run came from, for config.yaml and every checkpoint: versions, the command
+    line, the data and its SHA-256, the device and precision."""
+    import platform
+    import shlex
+    import sys
+
+    from dlcli import __version__
+
+    dev = task.device
+    device = f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else str(dev)
+    return {
+        "dlcli": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
+        "command": shlex.join(["dlcli", *sys.argv[1:]]),
+        "data": getattr(task, "data_source", ""), "data_sha256": task.data_sha256(),
+        "device": device, "precision": precision,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def dry_run(spec, config: dict, sources: dict, *, device: str = "auto", data_dir=None,
+            resume_path=None, precision: str | None = None) -> str:
+    """`train --dry-run`: the resolved config as YAML, each value commented with where it
+    came from, then the data and device the run would use. Loads the data (to name it
+    truly) but trains nothing and makes no run folder."""
+    dev = pick_device(device)
+    resume = load_checkpoint(resume_path, expect_model=spec.name) if resume_path else None
+    task, precision = prepare_task(spec, config, dev, data_dir, resume, precision)
+    lines = [yaml.safe_dump({k: v}, default_flow_style=True, width=math.inf).strip()[1:-1]
+             for k, v in config.items()]  # "{key: value}" less its braces: one line each
+    width = max(map(len, lines))
+    where = f"{dev}, precision {precision}"
+    return "\n".join(
+        [f"# dlcli train {spec.name} --dry-run: nothing trained, no run folder made"]
+        + [f"{line:<{width}}  # {sources.get(k, 'default')}" for line, k in zip(lines, config)]
+        + [f"# data: {dataset_name(config)}, {getattr(task, 'data_source', '')} "
+           f"(sha256 {task.data_sha256()})",
+           f"# device: {where}"])

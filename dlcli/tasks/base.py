@@ -108,6 +108,11 @@ class Task:
         """How many items (images, tokens) a batch holds, for throughput."""
         return len(batch[0])
 
+    def data_sha256(self) -> str:
+        """SHA-256 of the data this task loaded (setup_data), as it holds it: a run's
+        record of exactly what it trained and was tested on."""
+        raise NotImplementedError
+
     def checkpoint_extra(self) -> dict[str, str]:
         """Extra metadata strings saved with every checkpoint (a tokenizer, say)."""
         return {}
@@ -147,6 +152,30 @@ class Task:
         ckpt.load_into(task.modules)
         task.train_mode(False)
         return task
+
+
+def sha256_of(*parts) -> str:
+    """One SHA-256 over tensors (their bytes), strings, and lists, tuples or dicts of them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            digest.update(x.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(x, str):
+            digest.update(x.encode() + b"\n")
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                feed(str(k))
+                feed(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                feed(v)
+
+    for part in parts:
+        feed(part)
+    return digest.hexdigest()
 
 
 def match_layouts(optimizer: torch.optim.Optimizer) -> None:

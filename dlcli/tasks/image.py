@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from dlcli.data.batches import IndexBatches, epoch_permutation
-from dlcli.tasks.base import Task
+from dlcli.tasks.base import Task, sha256_of
 
 
 def to_unit_float(x: torch.Tensor, *rest):
@@ -42,6 +42,9 @@ class ImageTask(Task):
         self.val_data = (x[val_idx].to(dev), y[val_idx].to(dev)) if val_size else None
         self.test_data = (images.test_x.to(dev), images.test_y.to(dev))
         self.data_source = images.source
+
+    def data_sha256(self) -> str:
+        return sha256_of(self.train_data, self.val_data, self.test_data)
 
     def train_batches(self, epoch: int):
         n, size = len(self.train_data[0]), self.config["batch_size"]

@@ -19,7 +19,7 @@ from dlcli.data import text
 from dlcli.data.batches import epoch_permutation
 from dlcli.errors import DlcliError
 from dlcli.optim import Schedule, make_optimizer
-from dlcli.tasks.base import Task
+from dlcli.tasks.base import Task, sha256_of
 
 
 def pad_rows(rows: list[list[int]], length: int) -> torch.Tensor:
@@ -130,6 +130,9 @@ class Seq2SeqTask(Task):
             self.corpus = text.load_corpus(self.config, self.data_dir)
         self.data_source = f"{self.corpus.source}; vocabulary {self.tokenizer.get_vocab_size():,}"
         self.splits = {}
+
+    def data_sha256(self) -> str:
+        return sha256_of(self.corpus.splits)
 
     def split(self, name: str) -> EncodedSplit:
         if name not in self.splits:
