@@ -353,7 +353,8 @@ def sample(
         np.save(buf, images.numpy().astype("float32"))
         data = buf.getvalue()
     else:
-        data = grid_png(images, nrow)
+        data = grid_png(images, nrow, captions=task.captions(
+            count, label=label, grid=grid or spec.grids[0], interpolate=interpolate))
     if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.flush()

@@ -1,13 +1,23 @@
-"""Image grids and PNG output, without an imaging library: a PNG is a few zlib'd rows."""
+"""Image grids and PNG output: a PNG is a few zlib'd rows; words around a grid (which
+row is which digit, which latent unit an axis sweeps) are drawn with Pillow."""
 
 from __future__ import annotations
 
 import io
 import struct
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+
+@dataclass
+class Captions:
+    """Words around a grid: one label per row (left margin), a line above, a line below."""
+    rows: list[str] = field(default_factory=list)
+    above: str = ""
+    below: str = ""
 
 
 def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2, pad_value: float = 0.5):
@@ -48,13 +58,46 @@ def upscale(image: torch.Tensor, factor: int) -> torch.Tensor:
     return image.repeat_interleave(factor, 1).repeat_interleave(factor, 2) if factor > 1 else image
 
 
-def grid_png(images: torch.Tensor, nrow: int = 8, scale: int = 2) -> bytes:
-    return png_bytes(upscale(make_grid(images.detach().float().cpu(), nrow), scale))
+def grid_png(images: torch.Tensor, nrow: int = 8, scale: int = 2,
+             captions: Captions | None = None) -> bytes:
+    grid = upscale(make_grid(images.detach().float().cpu(), nrow), scale)
+    return png_bytes(caption(grid, captions, pad=2 * scale, row_height=images.shape[-2] * scale)
+                     if captions else grid)
 
 
-def save_grid(images: torch.Tensor, path, nrow: int = 8, scale: int = 2) -> Path:
+def caption(grid: torch.Tensor, captions: Captions, pad: int, row_height: int) -> torch.Tensor:
+    """The grid (C, H, W) on a white canvas with its captions in black: row labels in a
+    left margin, each centred on its row; `above` and `below` in bands of their own."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(12, row_height // 3))
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    width = lambda text: measure.textbbox((0, 0), text, font=font)[2]  # noqa: E731
+    line = font.size + 8
+    left = max((width(t) for t in captions.rows), default=-8) + 8 + 4
+    top, bottom = (line if captions.above else 0), (line if captions.below else 0)
+    c, h, w = grid.shape
+    mode = "L" if c == 1 else "RGB"
+    wide = max(w, width(captions.above) + 4, width(captions.below) + 4)  # a caption is not cut
+    canvas = Image.new(mode, (left + wide, top + h + bottom), "white")
+    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
+    canvas.paste(Image.fromarray(pixels, mode), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for r, text in enumerate(captions.rows):
+        middle = top + pad + r * (row_height + pad) + row_height // 2
+        draw.text((left - 6, middle), text, fill="black", font=font, anchor="rm")
+    if captions.above:
+        draw.text((left, top // 2), captions.above, fill="black", font=font, anchor="lm")
+    if captions.below:
+        draw.text((left, top + h + bottom // 2), captions.below, fill="black", font=font, anchor="lm")
+    return torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(
+        canvas.height, canvas.width, c).permute(2, 0, 1).float().div(255)
+
+
+def save_grid(images: torch.Tensor, path, nrow: int = 8, scale: int = 2,
+              captions: Captions | None = None) -> Path:
     from dlcli.checkpoint import atomic_write
 
-    data = grid_png(images, nrow, scale)
+    data = grid_png(images, nrow, scale, captions)
     atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
     return Path(path)

@@ -244,7 +244,7 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
                 save(epoch + 1, 0)
                 if improved:
                     atomic_write(best_path, lambda tmp: shutil.copyfile(last, tmp))
-                plot_metrics(run_dir)
+                plot_metrics(run_dir, task.monitor)
                 if stop.requested and epoch + 1 < epochs and not d.active:
                     raise Interrupted(last, stop.signum)
                 if getattr(task, "done", False) and not d.active:
@@ -400,8 +400,29 @@ def _compiled_or_eager(name: str, eager):
     return forward
 
 
-def plot_metrics(run_dir: Path) -> None:
-    """curves.png: training and validation curves per epoch, losses left, the rest right."""
+# The unit each quantity is measured in, by a word in its name (first match wins).
+UNITS = (("entropy", "bits"), ("loss", "nats"), ("nelbo", "nats"), ("recon", "nats"),
+         ("kl", "nats"), ("nll", "nats"), ("accuracy", "%"), ("exact_match", "%"),
+         ("errors", "%"), ("bleu", "0-100"), ("chrf", "0-100"), ("ppl", "per token"),
+         ("active_units", "latent units"), ("d_x", "probability"), ("d_g_z", "probability"))
+PERCENT = ("accuracy", "exact_match", "errors")
+TITLES = {"d_loss": "D loss", "g_loss": "G loss", "d_x": "D(x) on real images",
+          "d_g_z": "D(G(z)) on generated images", "ppl": "perplexity", "bleu": "BLEU", "chrf": "chrF"}
+NOT_PLOTTED = {"kind", "epoch", "step", "epoch_seconds", "items_per_s"}
+
+
+def quantity(key: str) -> str:
+    return key.removeprefix("train_").removeprefix("val_")
+
+
+def unit_of(name: str) -> str:
+    return next((unit for word, unit in UNITS if word in name), "")
+
+
+def plot_metrics(run_dir: Path, monitor: str | None = None) -> None:
+    """curves.png: one panel per quantity, titled with its unit; training (light, dashed)
+    and validation (dark, solid) of a quantity in one colour, the steps within epochs
+    faint behind; the best epoch by `monitor` (lower is better) marked in every panel."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                if line.strip()]
     epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -411,31 +432,63 @@ def plot_metrics(run_dir: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
-    skip = {"kind", "epoch", "step", "epoch_seconds", "items_per_s"}
-    keys = [k for k in epochs[-1] if k not in skip and isinstance(epochs[-1][k], (int, float))]
-    losses = [k for k in keys if "loss" in k or k.endswith(("nelbo", "recon", "kl"))]
-    others = [k for k in keys if k not in losses]
-    fig, axes = plt.subplots(1, 2 if others else 1, figsize=(11 if others else 6, 4), squeeze=False)
-    # step records, drawn faintly at their fraction of the epoch: the curve within epochs
-    ends = {0: 0, **{r["epoch"]: r["step"] for r in epochs}}
-    for key in sorted({k for r in records if r.get("kind") == "step" for k in r} - skip):
-        points = [(r["epoch"] - 1 + (r["step"] - ends.get(r["epoch"] - 1, 0))
-                   / max(ends.get(r["epoch"], r["step"]) - ends.get(r["epoch"] - 1, 0), 1), r[key])
-                  for r in records if r.get("kind") == "step" and key in r]
-        if points and "loss" in key:
-            axes[0][0].plot(*zip(*points), alpha=0.35, linewidth=0.8, label=f"{key} (steps)")
-    for ax, group in zip(axes[0], (losses, others)):
-        for k in group:
-            xs = [r["epoch"] for r in epochs if k in r]
-            ax.plot(xs, [r[k] for r in epochs if k in r], marker="o", label=k)
+    keys = list(dict.fromkeys(k for r in epochs for k, v in r.items()
+                              if k not in NOT_PLOTTED and isinstance(v, (int, float))))
+    panels = list(dict.fromkeys(quantity(k) for k in keys))
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.0 * rows + 0.6), squeeze=False)
+    scored = [r for r in epochs if isinstance(r.get(monitor), (int, float))]
+    best = min(scored, key=lambda r: r[monitor]) if scored else None
+    ends = {0: 0, **{r["epoch"]: r["step"] for r in epochs}}  # last step of each epoch
+    last = epochs[-1]["epoch"]
+    marker = "o" if len(epochs) <= 30 else None
+    palette = plt.get_cmap("tab10").colors
+    for i, (ax, name) in enumerate(zip(axes.flat, panels)):
+        color = palette[i % 10]
+        scale = 100 if name in PERCENT else 1
+        # steps within epochs, at their fraction of the epoch
+        steps = [(r["epoch"] - 1 + (r["step"] - ends.get(r["epoch"] - 1, 0))
+                  / max(ends.get(r["epoch"], r["step"]) - ends.get(r["epoch"] - 1, 0), 1),
+                  r[name] * scale)
+                 for r in records if r.get("kind") == "step" and isinstance(r.get(name), (int, float))]
+        if steps:
+            ax.plot(*zip(*steps), color=color, alpha=0.18, linewidth=0.7)
+        for key, alpha, style in ((f"train_{name}", 0.6, "--"), (name, 1.0, "-"), (f"val_{name}", 1.0, "-")):
+            points = [(r["epoch"], r[key] * scale) for r in epochs if isinstance(r.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), color=color, alpha=alpha, linestyle=style, marker=marker,
+                        markersize=4, linewidth=1.6)
+        if best is not None:
+            ax.axvline(best["epoch"], color="0.45", linestyle=":", linewidth=1.2)
+            if quantity(monitor) == name and monitor in best:
+                ax.plot(best["epoch"], best[monitor] * scale, "o", markersize=10, markerfacecolor="none",
+                        markeredgecolor="black", markeredgewidth=1.4)
+        unit = unit_of(name)
+        ax.set_title(TITLES.get(name, name.replace("_", " ")) + (f"  ({unit})" if unit and unit not in
+                     TITLES.get(name, "") else ""), fontsize=11)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(0, last + max(0.25, last / 50))  # from 0: the steps of epoch 1
         ax.set_xlabel("epoch")
+        ax.margins(y=0.12)
         ax.grid(alpha=0.3)
-        if group:
-            ax.legend(fontsize=8)
-    fig.suptitle(f"{run_dir.resolve().parent.name} / {run_dir.resolve().name}")
-    fig.tight_layout()
-    atomic_write(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    handles = [Line2D([], [], color="0.55", linestyle="--", marker=marker, label="training"),
+               Line2D([], [], color="0.15", marker=marker, label="validation")]
+    title = f"{run_dir.resolve().parent.name} / {run_dir.resolve().name}"
+    if best is not None:
+        handles.append(Line2D([], [], color="0.45", linestyle=":", label=f"best epoch ({monitor})"))
+        title += f"  ·  best epoch {best['epoch']}: {monitor} {best[monitor]:.4g}"
+    fig.suptitle(title, fontsize=12)
+    # the legend sits between the title and the panels, never over the data
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False,
+               bbox_to_anchor=(0.5, 1 - 0.35 / fig.get_figheight()), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
+    atomic_write(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 

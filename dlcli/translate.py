@@ -201,7 +201,9 @@ class Translator:
 
 def plot_attention(weights: torch.Tensor, src_tokens: list[str], tgt_tokens: list[str],
                    path) -> None:
-    """A heatmap per head and their average: source tokens across, target tokens down."""
+    """Heatmaps of cross-attention, source tokens across and target tokens down: the mean
+    over heads first, then each head, on one colour scale (the bar on the right). Each
+    token gets a cell big enough to read its label (a 20-token sentence: ~1,600 px wide)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,22 +211,32 @@ def plot_attention(weights: torch.Tensor, src_tokens: list[str], tgt_tokens: lis
 
     from dlcli.checkpoint import atomic_write
 
-    panels = [("average of heads", weights.mean(0))]
+    panels = [("mean of the heads", weights.mean(0))]
     panels += [(f"head {h + 1}", w) for h, w in enumerate(weights)]
     cols = min(3, len(panels))
-    rows = (len(panels) + cols - 1) // cols
-    scale = 0.3 + 0.25 * max(len(src_tokens), len(tgt_tokens)) / 4
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * scale * 1.6 + 1, rows * scale * 1.4 + 1),
+    rows = -(-len(panels) // cols)
+    cell = 0.26  # inches per token: room for a 9-point label
+    label = 0.09 * max(map(len, src_tokens + tgt_tokens)) + 0.4  # the longest token's label
+    width = max(2.4, cell * len(src_tokens)) + label
+    height = max(2.0, cell * len(tgt_tokens)) + label + 0.3
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * width + 1.2, rows * height + 0.6),
                              squeeze=False)
-    for ax in axes.flat:
+    vmax = float(weights.max()) or 1.0
+    for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (title, w) in zip(axes.flat, panels):
-        ax.axis("on")
-        ax.imshow(w.numpy(), cmap="viridis", vmin=0, aspect="auto")
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks(range(len(src_tokens)), src_tokens, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(tgt_tokens)), tgt_tokens, fontsize=7)
-    fig.tight_layout()
+        image = ax.imshow(w.numpy(), cmap="viridis", vmin=0, vmax=vmax, aspect="equal",
+                          interpolation="nearest")
+        ax.set_title(title, fontsize=11, fontweight="bold" if title.startswith("mean") else None)
+        ax.set_xticks(range(len(src_tokens)), src_tokens, rotation=90, fontsize=9)
+        ax.set_yticks(range(len(tgt_tokens)), tgt_tokens, fontsize=9)
+        ax.tick_params(length=0)
+    axes[0][0].set_xlabel("source", fontsize=10)
+    axes[0][0].set_ylabel("translation", fontsize=10)
+    fig.suptitle("cross-attention of the last decoder layer", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1 - 1.0 / fig.get_figwidth(), 1))
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.6 / fig.get_figwidth(), pad=0.01)
+    bar.set_label("attention weight", fontsize=10)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 

@@ -75,6 +75,11 @@ class Task:
         """Return (images in [0, 1] of shape (N, 1, H, W), images per row)."""
         raise DlcliError(f"{self.spec.name} does not generate images")
 
+    def captions(self, n: int, label=None, grid: str | None = None, interpolate: bool = False):
+        """Words for the picture sample() makes with the same arguments (an images.Captions:
+        which class each row is, which latent unit an axis sweeps), or None."""
+        return None
+
     # ---- shared behaviour ---------------------------------------------------------
     scaler = None  # a torch.amp.GradScaler under --precision 16-mixed, set by the loop
 

@@ -230,7 +230,7 @@ class GANTask(ImageTask):
 
     def end_of_epoch(self, epoch: int, run_dir: Path) -> None:
         self.write_grid(self.fixed_samples(), Path(run_dir) / "samples" / f"epoch-{epoch:03d}.png",
-                        GRID_ROWS)
+                        GRID_ROWS, self.captions(GRID_ROWS * GRID_ROWS, "all"))
 
     # ---- sampling and evaluation --------------------------------------------------
     @torch.no_grad()

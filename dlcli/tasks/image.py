@@ -61,10 +61,27 @@ class ImageTask(Task):
         data = self.val_data if split == "val" and self.val_data is not None else self.test_data
         return in_order(data, batch_size)
 
-    def write_grid(self, images: torch.Tensor, path: Path, nrow: int) -> None:
+    def write_grid(self, images: torch.Tensor, path: Path, nrow: int, captions=None) -> None:
         from dlcli.images import save_grid
 
-        save_grid(images, path, nrow=nrow)
+        save_grid(images, path, nrow=nrow, captions=captions)
+
+    def class_list(self) -> list[str]:
+        """Class names: the loaded data's, else the dataset's (a checkpoint names it)."""
+        from dlcli.data.mnist import CLASSES
+
+        return getattr(self, "class_names", None) or CLASSES.get(
+            self.config["dataset"], [str(i) for i in range(self.classes)])
+
+    def captions(self, n: int, label=None, grid: str | None = None, interpolate: bool = False):
+        """--label all: one row per class, labelled with its name."""
+        from dlcli.images import Captions
+
+        words = Captions(below="each row: one path through the latent space, left to right"
+                         if interpolate else "")
+        if label == "all" and self.spec.conditional:
+            words.rows = self.class_list()
+        return words if words.rows or words.below else None
 
 
 def labels_for(label, n: int, classes: int = 10, device="cpu") -> tuple[torch.Tensor, int]:

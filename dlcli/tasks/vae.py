@@ -129,11 +129,13 @@ class VAETask(ImageTask):
         state = torch.get_rng_state()  # pictures must not move the training's random stream
         try:
             torch.manual_seed(self.config["seed"])
-            images, nrow = self.sample(100 if self.conditional else 64,
-                                       label="all" if self.conditional else None)
-            self.write_grid(images, run_dir / "samples" / f"epoch-{epoch:03d}.png", nrow)
+            n, label = (100, "all") if self.conditional else (64, None)
+            images, nrow = self.sample(n, label=label)
+            self.write_grid(images, run_dir / "samples" / f"epoch-{epoch:03d}.png", nrow,
+                            self.captions(n, label))
             images, nrow = self.reconstructions(self.val_data or self.test_data, 32, 8)
-            self.write_grid(images, run_dir / "samples" / f"recon-{epoch:03d}.png", nrow)
+            self.write_grid(images, run_dir / "samples" / f"recon-{epoch:03d}.png", nrow,
+                            self.recon_captions(len(images) // nrow))
         finally:
             torch.set_rng_state(state)
 
@@ -214,6 +216,34 @@ class VAETask(ImageTask):
         raise DlcliError(f"{self.spec.name} has no --grid {grid!r}; "
                          f"choose one of: {', '.join(self.spec.grids)}")
 
+    def captions(self, n: int, label=None, grid: str | None = None, interpolate: bool = False):
+        """Which unit each row or axis sweeps (and its KL), which rows are the inputs."""
+        from dlcli.images import Captions
+
+        if interpolate or grid in (None, "samples"):
+            return super().captions(n, label, grid, interpolate)
+        if grid == "recon":
+            per_row, pairs = self.recon_shape(n)
+            return self.recon_captions(2 * pairs)
+        if grid == "traverse":
+            return Captions(rows=[self.unit_name(j) for j in self.traversed_units(n)],
+                            below="each row: that unit from -3 to +3, the others fixed")
+        if grid == "manifold":
+            down, across = self.manifold_units()
+            return Captions(above=f"down: {self.unit_name(down)}, +1.64 to -1.64",
+                            below=f"across: {self.unit_name(across)}, -1.64 to +1.64")
+        return None
+
+    @staticmethod
+    def recon_captions(rows: int):
+        from dlcli.images import Captions
+
+        return Captions(rows=["input", "decoded"] * (rows // 2),
+                        below="each pair of rows: test digits, then their reconstructions")
+
+    def unit_name(self, j: int) -> str:
+        return f"z{j}" + (f" (KL {self.latent_kl[j]:.2f} nats)" if self.latent_kl else "")
+
     def units_by_information(self) -> list[int]:
         """Latent units, most informative (largest KL) first; the active ones only, when
         the checkpoint knows which those are (always at least one)."""
@@ -239,10 +269,7 @@ class VAETask(ImageTask):
         5%..95% quantiles, the rest at 0 (Kingma & Welling, figure 4)."""
         side = max(2, round(math.sqrt(n)))
         latent = self.config["latent"]
-        if latent < 2:
-            raise DlcliError("--grid manifold needs a latent of at least 2 units")
-        units = self.units_by_information()
-        rows, cols = units[:2] if len(units) >= 2 else (units[0], (units[0] + 1) % latent)
+        rows, cols = self.manifold_units()
         q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, side))
         z = torch.zeros(side, side, latent)
         z[:, :, rows] = q.flip(0).view(side, 1)  # high values at the top
@@ -250,12 +277,23 @@ class VAETask(ImageTask):
         labels = self.fixed_label(label, side * side)
         return self.decode_standard(z.view(-1, latent), labels), side
 
+    def manifold_units(self) -> tuple[int, int]:
+        """The units the manifold sweeps down and across: the two most informative."""
+        latent = self.config["latent"]
+        if latent < 2:
+            raise DlcliError("--grid manifold needs a latent of at least 2 units")
+        units = self.units_by_information()
+        return tuple(units[:2]) if len(units) >= 2 else (units[0], (units[0] + 1) % latent)
+
+    def traversed_units(self, n: int) -> list[int]:
+        return self.units_by_information()[:max(1, n // TRAVERSE_STEPS)]
+
     def traverse(self, n: int):
         """One row per informative unit, most informative on top, swept from -3 to +3
         while the others keep the values of one random code (seeded), so every row starts
         from the same digit; inactive units (KL < 0.01 nats) are left out."""
         latent = self.config["latent"]
-        units = self.units_by_information()[:max(1, n // TRAVERSE_STEPS)]
+        units = self.traversed_units(n)
         z = torch.randn(latent).repeat(len(units), TRAVERSE_STEPS, 1)
         for row, j in enumerate(units):
             z[row, :, j] = torch.linspace(-3, 3, TRAVERSE_STEPS)
@@ -294,10 +332,15 @@ class VAETask(ImageTask):
 
     def recon_grid(self, n: int, label=None):
         """Whole pairs of rows: about n images, half of them test digits."""
-        per_row = max(1, math.ceil(math.sqrt(n)))
-        pairs = max(1, n // (2 * per_row))
+        per_row, pairs = self.recon_shape(n)
         x, y = self.test_digits(pairs * per_row, label)
         return self.pair_rows(x, y, per_row)
+
+    @staticmethod
+    def recon_shape(n: int) -> tuple[int, int]:
+        """Digits per row and pairs of rows for about n images in a recon grid."""
+        per_row = max(1, math.ceil(math.sqrt(n)))
+        return per_row, max(1, n // (2 * per_row))
 
     def interpolations(self, n: int, label=None):
         """Rows morphing linearly from one prior sample to another (same label per row)."""
