@@ -375,8 +375,8 @@ def _sampling_models():
 
 # ---- translate ----------------------------------------------------------------------
 
-@app.command(epilog=examples('dlcli translate "12,345"',
-                             "dlcli translate --attention attention.png < sentences.txt"))
+@app.command(epilog=examples('dlcli translate "12,345"', "dlcli translate < digits.txt > words.txt",
+                             'dlcli translate "12,345" --attention attention.png'))
 def translate(
     text: List[str] = typer.Argument(None, help="Sentences to translate; none: read stdin."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
