@@ -67,7 +67,7 @@ def complete_model(incomplete: str):
 
 
 def complete_sampling_model(incomplete: str):
-    return [(name, help) for name, help in complete_model(incomplete) if get_spec(name).samples]
+    return [(name, about) for name, about in complete_model(incomplete) if get_spec(name).samples]
 
 
 def complete_dataset(incomplete: str):
@@ -161,7 +161,7 @@ def presets_validate(path: Path = typer.Argument(..., help="A preset YAML file (
 @app.command(epilog=examples(
     "dlcli train mlp --epochs 3 --data-dir ../shared/data",
     "dlcli train cvae --set latent=16 --dry-run    (show the config, train nothing)",
-    "dlcli --threads 1 train vae    (global options go before the command)"))
+    "dlcli train vae --threads 1 --seed 3"))
 def train(
     model: str = typer.Argument(..., help="One of: " + ", ".join(s.name for s in list_models()) + ".",
                                 autocompletion=complete_model),
@@ -198,6 +198,7 @@ def train(
     if nproc_per_node < 1:
         raise DlcliError(f"--nproc-per-node must be positive, got {nproc_per_node}")
     from dlcli.config import traced_config, validate_numbers
+
     spec = get_spec(model)
     flags = dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                  data=[str(p.absolute()) for p in data] or None)  # evaluate works from anywhere

@@ -255,13 +255,15 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
     message = report(epoch + 1) if report else None
     if message:
         console.print(message)
-    console.print(summary(run_dir, epoch + 1 - start_epoch, time.perf_counter() - started))
+    console.print(summary(run_dir, epoch + 1 - start_epoch, time.perf_counter() - started,
+                          task.monitor))
     return best_path if best_path.exists() else last
 
 
-def summary(run_dir: Path, epochs_run: int, seconds: float) -> str:
+def summary(run_dir: Path, epochs_run: int, seconds: float, monitor: str | None = "val_loss") -> str:
     """The closing lines of a training run: epochs, wall time, the best epoch (as its
-    checkpoint records it) with its validation metrics, and the files written."""
+    checkpoint records it; the last one when nothing is monitored) with its validation
+    metrics, and the files written."""
     from dlcli.inspect import read_header
 
     minutes, secs = divmod(round(seconds), 60)
@@ -273,7 +275,7 @@ def summary(run_dir: Path, epochs_run: int, seconds: float) -> str:
         shown = {k: v for k, v in json.loads(meta.get("metrics", "{}")).items()
                  if isinstance(v, (int, float)) and not k.startswith("train_")
                  and k not in ("epoch_seconds", "items_per_s")}
-        lines.append(f"best epoch {meta.get('epoch')}: "
+        lines.append(f"{'best' if monitor else 'last'} epoch {meta.get('epoch')}: "
                      + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     pictures = len(list((run_dir / "samples").glob("*.png")))
@@ -420,8 +422,8 @@ def unit_of(name: str) -> str:
 
 
 def plot_metrics(run_dir: Path, monitor: str | None = None) -> None:
-    """curves.png: one panel per quantity, titled with its unit; training (light, dashed)
-    and validation (dark, solid) of a quantity in one colour, the steps within epochs
+    """curves.png: one panel per quantity, titled with its unit; training (dashed, paler)
+    and validation (solid) of a quantity in one colour, the steps within epochs
     faint behind; the best epoch by `monitor` (lower is better) marked in every panel."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                if line.strip()]
@@ -468,8 +470,8 @@ def plot_metrics(run_dir: Path, monitor: str | None = None) -> None:
                 ax.plot(best["epoch"], best[monitor] * scale, "o", markersize=10, markerfacecolor="none",
                         markeredgecolor="black", markeredgewidth=1.4)
         unit = unit_of(name)
-        ax.set_title(TITLES.get(name, name.replace("_", " ")) + (f"  ({unit})" if unit and unit not in
-                     TITLES.get(name, "") else ""), fontsize=11)
+        ax.set_title(TITLES.get(name, name.replace("_", " ")) + (f"  ({unit})" if unit else ""),
+                     fontsize=11)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlim(0, last + max(0.25, last / 50))  # from 0: the steps of epoch 1
         ax.set_xlabel("epoch")

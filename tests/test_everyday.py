@@ -81,7 +81,8 @@ def test_shell_completion_end_to_end():
     env = {**env, "COMP_WORDS": "dlcli train mlp --preset transformer-m", "COMP_CWORD": "4"}
     assert run_cli(env=env, check=0).stdout.split() == ["transformer-multi30k-de-en",
                                                         "transformer-multi30k-en-de"]
-    assert "_dlcli_completion" in run_cli("--show-completion", "bash", check=0).stdout
+    script = run_cli("--show-completion", env={"SHELL": "/bin/bash"}, check=0).stdout
+    assert "_dlcli_completion" in script and "_DLCLI_COMPLETE=complete_bash" in script
 
 
 def test_dry_run_shows_config_sources_and_data(tmp_path):
