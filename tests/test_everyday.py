@@ -81,7 +81,10 @@ def test_shell_completion_end_to_end():
     env = {**env, "COMP_WORDS": "dlcli train mlp --preset transformer-m", "COMP_CWORD": "4"}
     assert run_cli(env=env, check=0).stdout.split() == ["transformer-multi30k-de-en",
                                                         "transformer-multi30k-en-de"]
-    script = run_cli("--show-completion", env={"SHELL": "/bin/bash"}, check=0).stdout
+    # Typer finds the shell among the process's parents: run it from bash
+    script = subprocess.run(["bash", "-c", f"{sys.executable} -m dlcli --show-completion"],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                            text=True, timeout=60).stdout
     assert "_dlcli_completion" in script and "_DLCLI_COMPLETE=complete_bash" in script
 
 
