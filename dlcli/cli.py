@@ -387,6 +387,9 @@ def translate(
     n_best: int = typer.Option(1, "--n-best", help="Print N hypotheses per input (TSV)."),
     attention: Optional[Path] = typer.Option(None, "--attention", help="Cross-attention heatmap PNG."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    engine: str = typer.Option("torch", "--engine", help="torch, or ctranslate2: --checkpoint "
+                               "names a folder from `dlcli export --format ctranslate2` "
+                               "(or a checkpoint, converted first)."),
 ):
     """Translate sentences with a trained Transformer: one output line per input line."""
     spec = get_spec("transformer")
@@ -394,13 +397,15 @@ def translate(
         raise DlcliError("--beam, --n-best and --max-len must be positive")
     if n_best > beam:
         raise DlcliError(f"--n-best {n_best} needs --beam of at least {n_best}")
+    if engine not in ("torch", "ctranslate2"):
+        raise DlcliError(f"unknown --engine {engine!r}; choose one of: torch, ctranslate2")
     try:
         from dlcli.translate import run_translate
     except ImportError:
         raise DlcliError("translate is not available yet: the transformer is not built in "
                          "this version") from None
     run_translate(spec, text or None, checkpoint=checkpoint, beam=beam, max_len=max_len,
-                  n_best=n_best, attention=attention, device=device, out=out)
+                  n_best=n_best, attention=attention, device=device, engine=engine, out=out)
 
 
 @app.command(epilog=examples("dlcli average runs/transformer/*/epoch-*.safetensors -o averaged.safetensors"))
@@ -470,6 +475,41 @@ def evaluate(
         return
     for k, v in metrics.items():
         out(f"{k:<16} {v:.4f}" if isinstance(v, float) else f"{k:<16} {v}")
+
+
+# ---- export / predict ---------------------------------------------------------------
+
+@app.command("export")
+def export_command(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
+    fmt: str = typer.Option(..., "--format", "-f", help="onnx, torchscript, safetensors (the "
+                            "weights without training state) or ctranslate2 (transformer)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="File to write (a folder "
+                                          "for ctranslate2); default: next to CKPT."),
+    part: Optional[str] = typer.Option(None, "--part", help="Which network (onnx, torchscript): "
+                                       "VAEs decoder (default) or encoder."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="ctranslate2 weights: int8, "
+                                           "int8_float32, int16, float16, bfloat16, float32."),
+):
+    """Write a network for deployment, checked against PyTorch before it is kept; prints
+    its path."""
+    from dlcli.export import export
+
+    out(str(export(checkpoint, fmt, output, part, quantize)))
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Argument(..., help="A classifier checkpoint (perceptron, mlp, cnn)."),
+    images: List[str] = typer.Argument(None, help="Image files (any format Pillow reads); none: "
+                                       "paths from stdin, one a line."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+):
+    """Classify images: path, label, class name and probability, one line per image."""
+    from dlcli.predict import run_predict
+
+    run_predict(checkpoint, images or [], as_json=as_json, device=device, out=out)
 
 
 # ---- entry point --------------------------------------------------------------------

@@ -126,7 +126,7 @@ def beam_search(model, src, beam: int, max_len: int, alpha: float, n_best: int =
 class Translator:
     def __init__(self, model, tokenizer, alpha: float = 0.6):
         self.model, self.tokenizer, self.alpha = model, tokenizer, alpha
-        self.max_source = model.max_positions - 1
+        self.max_positions, self.max_source = model.max_positions, model.max_positions - 1
         self.warned_unknown = False
 
     def encode_sources(self, sentences: list[str], line_numbers=None) -> list[list[int]]:
@@ -152,12 +152,10 @@ class Translator:
     def translate(self, sentences: list[str], beam: int = 1, max_len: int | None = None,
                   n_best: int = 1, first_line: int = 1) -> list[list[Hypothesis]]:
         """n_best hypotheses per sentence, in input order; an empty sentence stays empty."""
-        self.model.train(False)
         results: list[list[Hypothesis]] = [[Hypothesis(0.0, [])] * n_best for _ in sentences]
         todo = [i for i, s in enumerate(sentences) if s.strip()]
         rows = self.encode_sources([sentences[i] for i in todo], [first_line + i for i in todo])
         order = sorted(range(len(todo)), key=lambda j: len(rows[j]))
-        device = next(self.model.parameters()).device
         start = 0
         while start < len(order):
             end = start + 1  # grow the batch while its padded size fits
@@ -165,22 +163,32 @@ class Translator:
                    and (end - start + 1) * len(rows[order[end]]) * beam <= BATCH_TOKENS):
                 end += 1
             chunk = order[start:end]
-            src = torch.full((len(chunk), len(rows[chunk[-1]])), text.PAD, dtype=torch.long)
-            for r, j in enumerate(chunk):
-                src[r, :len(rows[j])] = torch.tensor(rows[j])
-            limit = max_len or int(1.5 * src.shape[1]) + 10
-            limit = min(limit, self.model.max_positions - 1)
-            src = src.to(device)
-            if beam == 1:
-                found = greedy(self.model, src, limit, self.alpha)
-            else:
-                found = beam_search(self.model, src, beam, limit, self.alpha, n_best)
+            found = self.search([rows[j] for j in chunk], beam, max_len, n_best)
             for j, hyps in zip(chunk, found):
                 for h in hyps:
                     h.text = text.decode(self.tokenizer, [h.ids])[0]
                 results[todo[j]] = hyps
             start = end
         return results
+
+    def output_limit(self, source_length: int, max_len: int | None) -> int:
+        """Longest translation in tokens: --max-len, else 1.5 x the source + 10; never past
+        the model's last position."""
+        return min(max_len or int(1.5 * source_length) + 10, self.max_positions - 1)
+
+    @torch.no_grad()
+    def search(self, rows: list[list[int]], beam: int, max_len: int | None,
+               n_best: int) -> list[list[Hypothesis]]:
+        """Decode one batch of encoded sources (each ending in EOS)."""
+        self.model.train(False)
+        src = torch.full((len(rows), max(map(len, rows))), text.PAD, dtype=torch.long)
+        for r, row in enumerate(rows):
+            src[r, :len(row)] = torch.tensor(row)
+        src = src.to(next(self.model.parameters()).device)
+        limit = self.output_limit(src.shape[1], max_len)
+        if beam == 1:
+            return greedy(self.model, src, limit, self.alpha)
+        return beam_search(self.model, src, beam, limit, self.alpha, n_best)
 
     @torch.no_grad()
     def cross_attention(self, sentence: str, hyp: Hypothesis) -> torch.Tensor:
@@ -293,16 +301,23 @@ class LineDecoder:
 
 @torch.no_grad()
 def run_translate(spec, texts, *, checkpoint=None, beam: int = 4, max_len=None, n_best: int = 1,
-                  attention=None, device: str = "auto", out=print) -> None:
+                  attention=None, device: str = "auto", engine: str = "torch", out=print) -> None:
     from dlcli.checkpoint import load_checkpoint
     from dlcli.runs import resolve_checkpoint
     from dlcli.train import pick_device
 
     if attention is not None and (not texts or len(texts) != 1):
         raise DlcliError("--attention draws one sentence: pass exactly one TEXT argument")
-    ckpt = load_checkpoint(resolve_checkpoint(spec.name, checkpoint), expect_model=spec.name)
-    task = spec.load_task().from_checkpoint(spec, ckpt, pick_device(device))
-    translator = task.translator()
+    if engine == "ctranslate2":
+        if attention is not None:
+            raise DlcliError("--attention reads the PyTorch model's weights: use --engine torch")
+        from dlcli.ct2 import load_translator
+
+        translator = load_translator(resolve_checkpoint(spec.name, checkpoint), device)
+    else:
+        ckpt = load_checkpoint(resolve_checkpoint(spec.name, checkpoint), expect_model=spec.name)
+        task = spec.load_task().from_checkpoint(spec, ckpt, pick_device(device))
+        translator = task.translator()
 
     if texts:
         batches = [[" ".join(t.splitlines()) for t in texts]]

@@ -80,6 +80,11 @@ class Task:
         which class each row is, which latent unit an axis sweeps), or None."""
         return None
 
+    def networks(self) -> dict:
+        """The networks `dlcli export` writes as ONNX or TorchScript, by name, the default
+        first: {name: dlcli.export.Network}."""
+        raise DlcliError(f"{self.spec.name} has no network to export as onnx or torchscript")
+
     # ---- shared behaviour ---------------------------------------------------------
     scaler = None  # a torch.amp.GradScaler under --precision 16-mixed, set by the loop
 

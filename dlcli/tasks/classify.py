@@ -135,6 +135,20 @@ class ClassifierTask(ImageTask):
         self.setup_data()
         return self.measure(self.eval_batches("test"))
 
+    def networks(self) -> dict:
+        from dlcli.data.mnist import CLASSES
+        from dlcli.export import Network, Port, Wrapped, image_port
+
+        m, dataset = self.model, self.config["dataset"]
+        if dataset in TOY_DATASETS:
+            x, names = Port("x", (2,), "the truth table's two inputs, 0 or 1", kind="unit"), ["0", "1"]
+        else:
+            x, names = image_port(), CLASSES.get(dataset, [str(i) for i in range(self.classes)])
+        probabilities = Port("probabilities", (self.classes,), "softmax of the class scores; "
+                             "the class names are in the metadata (classes)")
+        return {"classifier": Network(Wrapped(lambda x: m(x).softmax(1), model=m), [x],
+                                      [probabilities], classes=names)}
+
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.features(x)

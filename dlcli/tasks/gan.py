@@ -270,6 +270,16 @@ class GANTask(ImageTask):
         z = torch.randn(n if y is None else len(y), latent, device=dev)
         return self.generate(z, y), per_row
 
+    def networks(self) -> dict:
+        from dlcli.export import Network, Wrapped, image_port, label_port, noise_port
+
+        G = self.sampler
+        z = noise_port("z", self.config["latent_dim"], "standard-normal noise (scaled by "
+                       "less than 1 it gives cleaner, less varied images)")
+        return {"generator": Network(Wrapped(lambda *inputs: (G(*inputs) + 1) / 2, generator=G),
+                                     [z] + ([label_port(self.classes)] if self.conditional else []),
+                                     [image_port()])}
+
     def evaluate(self, classifier=None, samples: int = 10000, **_) -> dict:
         """cfid, label_entropy, confidence (and label_accuracy for cgan) of `samples`
         generated images against the test set, judged by a trained cnn."""

@@ -244,6 +244,25 @@ class VAETask(ImageTask):
     def unit_name(self, j: int) -> str:
         return f"z{j}" + (f" (KL {self.latent_kl[j]:.2f} nats)" if self.latent_kl else "")
 
+    def networks(self) -> dict:
+        from dlcli.export import Network, Port, Wrapped, image_port, label_port, noise_port
+
+        m, latent = self.model, self.config["latent"]
+        label = [label_port(self.classes)] if self.conditional else []
+        eps = noise_port("z", latent, "standard-normal noise, the prior's coordinates (times "
+                         "the temperature, 1 for the model's own prior)")
+        decoder = Wrapped(lambda eps, *y: m.images(m.from_standard(eps, *y), *y), vae=m)
+        encoder = Wrapped(lambda x, *y: tuple(m.encode(x, *y)), vae=m)
+        code = "q(z | x) = N(mu, exp(logvar))"
+        return {
+            "decoder": Network(decoder, [eps] + label, [Port(
+                "images", (1, 28, 28), "the mean image, each pixel's probability of ink in "
+                "[0, 1]: 0 black background, 1 white ink")]),
+            "encoder": Network(encoder, [image_port()] + label,
+                               [Port("mu", (latent,), f"the code's mean: {code}"),
+                                Port("logvar", (latent,), f"its log-variance: {code}")]),
+        }
+
     def units_by_information(self) -> list[int]:
         """Latent units, most informative (largest KL) first; the active ones only, when
         the checkpoint knows which those are (always at least one)."""
