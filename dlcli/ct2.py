@@ -40,7 +40,8 @@ def _ctranslate2():
 # ---- dlcli weights -> TransformerSpec -----------------------------------------------------
 
 def _array(t: torch.Tensor):
-    return t.detach().float().cpu().numpy()
+    # a copy: CTranslate2 rewrites its arrays in place (quantizing), the model must not change
+    return t.detach().float().cpu().numpy().copy()
 
 
 def _linear(spec, layer) -> None:
