@@ -125,70 +125,62 @@ class Network:
 
 # ---- the command ------------------------------------------------------------------------
 
-def default_output(checkpoint: Path, fmt: str, part: str | None) -> Path:
+def default_output(checkpoint: Path, fmt: str, part: str | None = None) -> Path:
+    """Next to the checkpoint: best.safetensors -> best.onnx, best-encoder.onnx, ..."""
     stem = checkpoint.name.removesuffix(".safetensors")
     return checkpoint.with_name(stem + (f"-{part}" if part else "") + SUFFIXES[fmt])
 
 
 def export(checkpoint: Path, fmt: str, output: Path | None = None, part: str | None = None,
            quantization: str | None = None) -> Path:
-    from dlcli.checkpoint import load_checkpoint
+    from dlcli.checkpoint import atomic_write, load_checkpoint
     from dlcli.registry import get_spec
 
     if fmt not in FORMATS:
         raise DlcliError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if quantization is not None and fmt != "ctranslate2":
         raise DlcliError("--quantize applies to --format ctranslate2 only")
+    one_network = fmt in ("onnx", "torchscript")
+    if part is not None and not one_network:
+        raise DlcliError(f"--part picks one network for onnx or torchscript; --format {fmt} "
+                         "exports the whole model")
     ckpt = load_checkpoint(checkpoint)
     spec = get_spec(ckpt.model)
     seq2seq = spec.family == "seq2seq"
-    if seq2seq and fmt in ("onnx", "torchscript"):
+    if seq2seq and one_network:
         raise DlcliError(f"the {ckpt.model} exports to CTranslate2, its inference engine: "
                          "use --format ctranslate2 (or safetensors)")
     if fmt == "ctranslate2" and not seq2seq:
         raise DlcliError(f"--format ctranslate2 is for the transformer; export a {ckpt.model} "
                          "with --format onnx or torchscript")
-    if part is not None and fmt in ("safetensors", "ctranslate2"):
-        raise DlcliError(f"--part picks one network for onnx or torchscript; --format {fmt} "
-                         "exports the whole model")
     task = spec.load_task().from_checkpoint(spec, ckpt, torch.device("cpu"))
-    network, part = _pick_network(task, part) if fmt in ("onnx", "torchscript") else (None, None)
-    target = output or default_output(ckpt.path, fmt, part if part and _has_parts(task) else None)
-    if target.exists():
-        raise DlcliError(f"{target} exists; not overwriting it (remove it or pass another -o)")
-    if fmt == "safetensors":
-        write_weights_only(ckpt, spec, target)
-    elif fmt == "ctranslate2":
-        from dlcli.ct2 import export_ctranslate2
+    if not one_network:
+        target = output or default_output(ckpt.path, fmt)
+        _refuse_existing(target)
+        if fmt == "safetensors":
+            write_weights_only(ckpt, spec, target)
+        else:
+            from dlcli.ct2 import export_ctranslate2
 
-        export_ctranslate2(task, ckpt, target, quantization)
-    else:
-        write = write_onnx if fmt == "onnx" else write_torchscript
-        _atomic_file(target, lambda tmp: write(network, network.signature(ckpt, part), tmp))
-    return target
-
-
-def _has_parts(task) -> bool:
-    return len(task.networks()) > 1
-
-
-def _pick_network(task, part: str | None) -> tuple[Network, str]:
+            export_ctranslate2(task, ckpt, target, quantization)
+        return target
     networks = task.networks()
-    if part is None:
-        part = next(iter(networks))
+    part = part or next(iter(networks))
     if part not in networks:
-        raise DlcliError(f"a {task.spec.name} has no part {part!r}; choose one of: "
+        raise DlcliError(f"a {ckpt.model} has no part {part!r}; choose one of: "
                          + ", ".join(networks))
     network = networks[part]
     network.module.train(False)
-    return network, part
+    target = output or default_output(ckpt.path, fmt, part if len(networks) > 1 else None)
+    _refuse_existing(target)
+    write = write_onnx if fmt == "onnx" else write_torchscript
+    atomic_write(target, lambda tmp: write(network, network.signature(ckpt, part), tmp))
+    return target
 
 
-def _atomic_file(target: Path, write) -> None:
-    """Write and check under a temporary name in the same folder, then rename."""
-    from dlcli.checkpoint import atomic_write
-
-    atomic_write(target, write)
+def _refuse_existing(target: Path) -> None:
+    if target.exists():
+        raise DlcliError(f"{target} exists; not overwriting it (remove it or pass another -o)")
 
 
 def compare(name: str, expected: list[torch.Tensor], got, batch: int,
@@ -278,7 +270,7 @@ def write_weights_only(ckpt, spec, target: Path) -> None:
     rebuilding the model from the written file."""
     from safetensors.torch import save_file
 
-    from dlcli.checkpoint import load_checkpoint
+    from dlcli.checkpoint import atomic_write, load_checkpoint
 
     tensors = {k: v for k, v in ckpt.tensors.items() if k.startswith("model/")}
     meta = {k: v for k, v in ckpt.meta.items() if k != "state"}
@@ -288,7 +280,7 @@ def write_weights_only(ckpt, spec, target: Path) -> None:
         written = load_checkpoint(tmp)
         spec.load_task().from_checkpoint(spec, written, torch.device("cpu"))
 
-    _atomic_file(target, write)
+    atomic_write(target, write)
 
 
 # ---- folders (CTranslate2) ---------------------------------------------------------------

@@ -128,6 +128,7 @@ def test_a_mismatch_fails_and_leaves_no_file(tmp_path, monkeypatch):
 
 # ---- TorchScript -----------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_carries_how_to_call_it(tmp_path):
     from dlcli.export import export
 
