@@ -479,7 +479,11 @@ def evaluate(
 
 # ---- export / predict ---------------------------------------------------------------
 
-@app.command("export")
+@app.command("export", epilog=examples(
+    "dlcli export runs/cgan/NAME/best.safetensors --format onnx",
+    "dlcli export runs/vae/NAME/best.safetensors --format torchscript --part encoder",
+    "dlcli export runs/mlp/NAME/last.safetensors --format safetensors",
+    "dlcli export runs/transformer/NAME/best.safetensors --format ctranslate2 --quantize int8"))
 def export_command(
     checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
     fmt: str = typer.Option(..., "--format", "-f", help="onnx, torchscript, safetensors (the "
@@ -498,7 +502,8 @@ def export_command(
     out(str(export(checkpoint, fmt, output, part, quantize)))
 
 
-@app.command()
+@app.command(epilog=examples("dlcli predict runs/cnn/NAME/best.safetensors digit.png photo.jpg",
+                             "ls *.png | dlcli predict runs/cnn/NAME/best.safetensors --json"))
 def predict(
     checkpoint: Path = typer.Argument(..., help="A classifier checkpoint (perceptron, mlp, cnn)."),
     images: List[str] = typer.Argument(None, help="Image files (any format Pillow reads); none: "
