@@ -173,6 +173,17 @@ class Checkpoint:
         raw = self.meta.get("state")
         return unflatten_state(json.loads(raw), self.tensors) if raw else None
 
+    def data_dir(self, given=None):
+        """The data folder to use with this checkpoint: `given` (--data-dir), else the one
+        it was trained on (recorded by train), else None (the usual look-up)."""
+        if given is not None or not self.meta.get("data_dir"):
+            return given
+        recorded = self.meta["data_dir"]
+        if not Path(recorded).is_dir():
+            raise DlcliError(f"{self.path} was trained on data from {recorded}, which is gone; "
+                             "pass --data-dir")
+        return recorded
+
     def module_names(self) -> list[str]:
         return json.loads(self.meta.get("modules", "[]"))
 

@@ -277,11 +277,11 @@ class GANTask(ImageTask):
         from dlcli.tasks.classify import load_judge
 
         judge = load_judge(classifier, self.device)
-        self.setup_data()
+        self.setup_eval_data()
         g = torch.Generator().manual_seed(0)  # the same noise every evaluation
         z = torch.randn(samples, self.config["latent_dim"], generator=g).to(self.device)
         y = (torch.arange(samples, device=self.device) % self.classes) if self.conditional else None
         fake = self.generate(z, y)
         real = to_unit_float(self.test_data[0])[0]
         scores = score_samples(judge, fake, real, labels=y)
-        return {**scores, "samples": samples}
+        return {**scores, "samples": samples, "judge": str(judge.checkpoint_path)}
