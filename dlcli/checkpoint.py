@@ -74,9 +74,11 @@ def atomic_write(path: Path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-        with contextlib.suppress(OSError):  # some network mounts refuse chmod; not worth failing
-            os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private; the result should not be
         write(tmp)
+        # mkstemp makes it private, and a writer may replace the file (safetensors does):
+        # after writing, the permissions every other file of the user gets
+        with contextlib.suppress(OSError):  # some network mounts refuse chmod; not worth failing
+            os.chmod(tmp, 0o666 & ~UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
