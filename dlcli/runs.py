@@ -73,7 +73,7 @@ def newest_checkpoint(model: str, root: Path = RUNS_ROOT) -> Path | None:
     return max(found)[2] if found else None
 
 
-def announce_pick(ckpt: Path, role: str = "") -> None:
+def announce_pick(ckpt: Path, role: str = "", option: str = "--checkpoint") -> None:
     """Say on stderr which checkpoint a command picked by itself, and warn when its run
     stopped early or trained only a few steps."""
     from dlcli.console import notice, warn
@@ -85,7 +85,7 @@ def announce_pick(ckpt: Path, role: str = "") -> None:
         return
     done, planned, steps = progress
     notice(f"using {role}{ckpt} (run at epoch {done} of {planned}, {steps:,} steps; "
-           f"written {written}); pass --checkpoint to choose another")
+           f"written {written}); pass {option} to choose another")
     if done < planned:
         warn(f"that run stopped at epoch {done} of {planned} (interrupted, or still training); "
              "its results may be poor")

@@ -16,6 +16,7 @@ it is not run here. The rows run in order, in one folder, so a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -185,3 +186,25 @@ def test_readme_command(command: Command, workspace):
         assert re.search(command.out, proc.stdout), f"{line}\nstdout: {proc.stdout[-2000:]}"
     if command.err:
         assert re.search(command.err, proc.stderr), f"{line}\nstderr: {proc.stderr[-2000:]}"
+
+
+def test_ci_runs_the_readmes_two_commands():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert [line for line in ci if line and not line.startswith(("#", "set ", "cd "))] == \
+        readme_commands()[:2]
+
+
+@pytest.mark.slow
+def test_the_quickstart_draws_varied_sevens(workspace, mnist_dir):
+    """The README's first picture: at least 95% of 256 samples read as sevens by a cnn
+    trained on real MNIST, and at least half the spread of real test sevens."""
+    folder, env = workspace
+    judge = subprocess.run(["dlcli", "train", "cnn", "--data-dir", str(mnist_dir)], cwd=folder,
+                           env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+    subprocess.run(["dlcli", "train", "cvae"], cwd=folder, env=env, capture_output=True, check=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quickstart.py"),
+                           "--classifier", judge, "--data-dir", str(mnist_dir)], cwd=folder,
+                          env=env, capture_output=True, text=True, check=True)
+    report = json.loads(proc.stdout)
+    assert report["sevens"] >= 0.95
+    assert report["spread"] >= report["real_test_sevens_spread"] / 2

@@ -159,7 +159,7 @@ def load_judge(classifier=None, device="cpu", required: bool = True) -> Classifi
         if path is None:
             raise DlcliError("these metrics need a trained cnn as judge: run `dlcli train cnn` "
                              "first, or pass --classifier CKPT")
-        announce_pick(path, role="judge ")
+        announce_pick(path, role="judge ", option="--classifier")
     ckpt = load_checkpoint(path)
     if ckpt.model not in ("cnn", "mlp"):
         raise DlcliError(f"{path} is a {ckpt.model} checkpoint; the judge must be a cnn (or mlp)")
