@@ -140,8 +140,9 @@ def presets_copy(name: str = typer.Argument(..., help="Preset name.", autocomple
     src = preset_path(name)
     folder = dest.endswith(("/", os.sep)) or Path(dest).is_dir()
     target = Path(dest) / src.name if folder else Path(dest)
-    _check_output_folder(target.parent)
-    target.parent.mkdir(exist_ok=True)
+    if folder:  # DIR/ names a folder: made if need be, inside an existing one
+        _check_output_folder(target.parent)
+        target.parent.mkdir(exist_ok=True)
     if target.exists():
         raise DlcliError(f"{target} exists; not overwriting it")
     target.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
