@@ -67,9 +67,11 @@ COMMANDS = [
     Command('dlcli train transformer && echo "12,345" | dlcli translate',
             run=f'dlcli train transformer {TINY_TRANSFORMER} && echo "12,345" | dlcli translate',
             out=PATH_OUT[:-3] + r"\n[a-z -]*\n$"),
-    Command("dlcli presets copy mlp my.yaml && $EDITOR my.yaml && dlcli train mlp --preset my.yaml",
-            run="dlcli presets copy mlp my.yaml && true my.yaml && "
-                "dlcli train mlp --preset my.yaml --epochs 1", out=PATH_OUT),
+    Command("dlcli presets copy mlp my.yaml && $EDITOR my.yaml && dlcli presets validate my.yaml",
+            run="dlcli presets copy mlp my.yaml && true my.yaml && dlcli presets validate my.yaml",
+            out=r"my\.yaml"),
+    Command("dlcli train mlp --preset my.yaml", run="dlcli train mlp --preset my.yaml --epochs 1",
+            out=PATH_OUT),
     # Data parallel
     Command("dlcli train vae --nproc-per-node 2", run="dlcli train vae --nproc-per-node 2 --epochs 1",
             out=PATH_OUT, slow=True),
