@@ -74,9 +74,11 @@ def atomic_write(path: Path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-        with contextlib.suppress(OSError):  # some network mounts refuse chmod; not worth failing
-            os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private; the result should not be
         write(tmp)
+        # mkstemp makes it private, and a writer may replace the file (safetensors does):
+        # after writing, the permissions every other file of the user gets
+        with contextlib.suppress(OSError):  # some network mounts refuse chmod; not worth failing
+            os.chmod(tmp, 0o666 & ~UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -172,6 +174,17 @@ class Checkpoint:
     def state(self) -> dict | None:
         raw = self.meta.get("state")
         return unflatten_state(json.loads(raw), self.tensors) if raw else None
+
+    def data_dir(self, given=None):
+        """The data folder to use with this checkpoint: `given` (--data-dir), else the one
+        it was trained on (recorded by train), else None (the usual look-up)."""
+        if given is not None or not self.meta.get("data_dir"):
+            return given
+        recorded = self.meta["data_dir"]
+        if not Path(recorded).is_dir():
+            raise DlcliError(f"{self.path} was trained on data from {recorded}, which is gone; "
+                             "pass --data-dir")
+        return recorded
 
     def module_names(self) -> list[str]:
         return json.loads(self.meta.get("modules", "[]"))

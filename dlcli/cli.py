@@ -133,12 +133,16 @@ def presets_show(name: str = typer.Argument(..., help="Preset name or YAML file.
 @presets_app.command("copy", epilog=examples("dlcli presets copy mlp my-mlp.yaml",
                                              "dlcli train mlp --preset my-mlp.yaml"))
 def presets_copy(name: str = typer.Argument(..., help="Preset name.", autocompletion=complete_preset),
-                 dest: Path = typer.Argument(..., help="File or folder to copy to.")):
+                 dest: str = typer.Argument(..., help="File, or folder (DIR/) to copy to.")):
     """Copy a bundled preset to DEST, to edit and pass back with --preset FILE."""
     from dlcli.config import preset_path
 
     src = preset_path(name)
-    target = dest / src.name if dest.is_dir() else dest
+    folder = dest.endswith(("/", os.sep)) or Path(dest).is_dir()
+    target = Path(dest) / src.name if folder else Path(dest)
+    if folder:  # DIR/ names a folder: made if need be, inside an existing one
+        _check_output_folder(target.parent)
+        target.parent.mkdir(exist_ok=True)
     if target.exists():
         raise DlcliError(f"{target} exists; not overwriting it")
     target.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
@@ -274,6 +278,14 @@ def _parse_label(label: Optional[str]):
     return value
 
 
+def _check_output_folder(folder: Path) -> None:
+    """An output may go into a new folder, but only one made inside an existing folder: a
+    typo must not plant a tree of folders (at /, say)."""
+    if not folder.is_dir() and not folder.parent.is_dir():
+        raise DlcliError(f"folder {folder.parent} does not exist; create it first, or choose "
+                         "another place")
+
+
 def _default_output(model: str, suffix: str) -> Path:
     folder = Path("samples")
     folder.mkdir(exist_ok=True)
@@ -329,6 +341,8 @@ def sample(
     if suffix and suffix != f".{fmt}":  # out.jpg holding PNG bytes would fool every viewer
         raise DlcliError(f"-o {output} does not end in .{fmt}, the format written; name it "
                          f"*.png or *.npy (or pass --format)")
+    if output and output != "-":
+        _check_output_folder(Path(output).parent)
 
     import torch
 
@@ -428,13 +442,14 @@ def average(
 @app.command(epilog=examples("dlcli inspect runs/mlp/20260101-120000/best.safetensors",
                              "dlcli inspect CKPT --json | jq .provenance"))
 def inspect(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint, or a run folder."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """Show a checkpoint: metadata, config, parameter counts, tensors, file size."""
     from dlcli.inspect import describe, render
+    from dlcli.runs import checkpoint_file
 
-    info = describe(checkpoint)
+    info = describe(checkpoint_file(checkpoint))
     if as_json:
         out(json.dumps(info, indent=2))
     else:
@@ -444,7 +459,7 @@ def inspect(
 @app.command(epilog=examples("dlcli evaluate runs/mlp/20260101-120000/best.safetensors",
                              "dlcli evaluate CKPT --json --classifier runs/cnn/NAME/best.safetensors"))
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint, or a run folder."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     classifier: Optional[Path] = typer.Option(None, "--classifier",
                                               help="cnn checkpoint that judges generated images."),
@@ -459,21 +474,26 @@ def evaluate(
     if samples < 2 or iwae_k < 1:  # a covariance (the FID) needs two samples at least
         raise DlcliError("--samples must be at least 2 and --iwae-k at least 1")
     from dlcli.checkpoint import load_checkpoint
+    from dlcli.runs import checkpoint_file
     from dlcli.train import pick_device
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint_file(checkpoint))
     spec = get_spec(ckpt.model)
     dev = pick_device(device)
-    task = spec.load_task().from_checkpoint(spec, ckpt, dev, data_dir)
+    # the data it was trained on, as --resume does, unless --data-dir says otherwise
+    task = spec.load_task().from_checkpoint(spec, ckpt, dev, ckpt.data_dir(data_dir))
     if data:
         if not task.config.get("data"):
             raise DlcliError("--data is for a transformer trained on your own text (train --data)")
         task.config = {**task.config, "data": [str(p) for p in data]}
     metrics = task.evaluate(classifier=classifier, samples=samples, iwae_k=iwae_k)
+    metrics["data"] = task.data_info()
     if as_json:
         out(json.dumps(metrics))
         return
     for k, v in metrics.items():
+        if isinstance(v, dict):  # the data scored: said on stderr already
+            continue
         out(f"{k:<16} {v:.4f}" if isinstance(v, float) else f"{k:<16} {v}")
 
 

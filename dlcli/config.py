@@ -43,6 +43,43 @@ NUMBER_RULES = {
 
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+# A preset holds tens of values. YAML aliases can make 1 KB expand to billions of them (the
+# "billion laughs"), which no walk over the result survives: such a document is refused.
+MAX_YAML_VALUES = 10_000
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """How many values the YAML node becomes once every alias is expanded (a repeated
+    node is counted each time, but measured once; a node inside itself counts as too many)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    sizes[key] = MAX_YAML_VALUES + 1  # until measured: an alias back into itself
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    else:
+        children = []
+    sizes[key] = min(MAX_YAML_VALUES + 1, 1 + sum(_expanded_size(c, sizes) for c in children))
+    return sizes[key]
+
+
+def safe_yaml(text: str):
+    """yaml.safe_load, refusing documents whose aliases expand beyond MAX_YAML_VALUES values."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise DlcliError(f"YAML expands to more than {MAX_YAML_VALUES:,} values (aliases "
+                             "repeating aliases?); a preset holds key: value lines")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise DlcliError("YAML nested too deeply; a preset holds key: value lines") from None
+    finally:
+        loader.dispose()
 
 
 def _floats(value):
@@ -62,7 +99,9 @@ def _read_yaml(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise DlcliError(f"cannot read preset {path}: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text)
+    except DlcliError as e:
+        raise DlcliError(f"preset {path}: {e}") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
@@ -117,7 +156,9 @@ def parse_override(text: str) -> tuple[str, object]:
     if not sep or not key:
         raise DlcliError(f"--set expects key=value, got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw) if raw.strip() else ""
+    except DlcliError as e:
+        raise DlcliError(f"--set {key}: {e}") from None
     except yaml.YAMLError:
         value = raw
     return key, _floats(value)

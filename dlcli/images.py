@@ -11,6 +11,11 @@ from pathlib import Path
 
 import torch
 
+from dlcli.errors import DlcliError
+
+# Pillow (and so most viewers and notebooks) refuses a larger picture as a decompression bomb
+MAX_PNG_PIXELS = 89_478_485
+
 
 @dataclass
 class Captions:
@@ -36,6 +41,10 @@ def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2, pad_value: floa
 def png_bytes(image: torch.Tensor) -> bytes:
     """(C, H, W) float in [0, 1], C = 1 (grey) or 3 (RGB) -> PNG file bytes."""
     c, h, w = image.shape
+    if h * w > MAX_PNG_PIXELS:
+        raise DlcliError(f"that picture would be {w:,} x {h:,} pixels, more than image viewers "
+                         f"open ({MAX_PNG_PIXELS:,}); ask for fewer images (-n), or write them "
+                         "all with --format npy")
     pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
     raw = pixels.numpy().tobytes()
     stride = w * c

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -48,17 +46,21 @@ def judge_outputs(judge, images: torch.Tensor, batch_size: int = 1000):
     return torch.cat(feats), torch.cat(probs)
 
 
+def label_entropy(predicted: torch.Tensor, classes: int) -> float:
+    """Entropy in bits of the histogram of predicted labels (0.0, never -0.0, for one label)."""
+    hist = torch.bincount(predicted.cpu(), minlength=classes).double()
+    p = hist[hist > 0] / hist.sum()
+    return max(0.0, float(-(p * p.log2()).sum()))
+
+
 def score_samples(judge, fake: torch.Tensor, real: torch.Tensor, labels=None) -> dict:
     """cfid, label_entropy, confidence (and label_accuracy when labels are given)."""
     fake_feats, fake_probs = judge_outputs(judge, fake)
     real_feats, _ = judge_outputs(judge, real)
     predicted = fake_probs.argmax(1)
-    hist = torch.bincount(predicted, minlength=fake_probs.shape[1]).double()
-    p = hist / hist.sum()
-    entropy = -sum(float(q) * math.log2(float(q)) for q in p if q > 0)
     out = {
         "cfid": frechet_distance(gaussian_stats(fake_feats), gaussian_stats(real_feats)),
-        "label_entropy": entropy,
+        "label_entropy": label_entropy(predicted, fake_probs.shape[1]),
         "confidence": float(fake_probs.max(1).values.mean()),
     }
     if labels is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -33,25 +34,88 @@ def new_run_dir(model: str, run_dir=None, root: Path = RUNS_ROOT) -> Path:
     raise DlcliError(f"could not create a run folder under {base}")
 
 
+SHORT_RUN_STEPS = 100  # a run with fewer optimizer steps has hardly learned anything
+
+
+def _run_checkpoint(run: Path) -> Path | None:
+    return next((run / name for name in ("best.safetensors", "last.safetensors")
+                 if (run / name).is_file()), None)
+
+
+def run_progress(run: Path) -> tuple[int, int, int] | None:
+    """(epochs done, epochs planned, optimizer steps) of a run, from its newest checkpoint's
+    metadata (no tensors read); None when it has no readable one."""
+    from dlcli.checkpoint import read_metadata
+
+    for name in ("last.safetensors", "best.safetensors"):
+        try:
+            meta = read_metadata(run / name)
+            planned = json.loads(meta["config"]).get("epochs", 0)
+            return int(meta.get("epoch", 0)), int(planned), int(meta.get("step", 0))
+        except (DlcliError, ValueError, KeyError):
+            continue
+    return None
+
+
+def _finished(run: Path) -> bool:
+    progress = run_progress(run)
+    return progress is not None and progress[0] >= progress[1]
+
+
 def newest_checkpoint(model: str, root: Path = RUNS_ROOT) -> Path | None:
-    """best.safetensors (else last) of the most recently written run of `model`."""
+    """best.safetensors (else last) of the most recently written finished run of `model`;
+    of the most recent run when none finished (interrupted, or still training)."""
     found = []
     for run in (root / model).glob("*/"):
-        for name in ("best.safetensors", "last.safetensors"):
-            ckpt = run / name
-            if ckpt.is_file():
-                found.append((ckpt.stat().st_mtime, ckpt))
-                break
-    return max(found)[1] if found else None
+        ckpt = _run_checkpoint(run)
+        if ckpt is not None:
+            found.append((_finished(run), ckpt.stat().st_mtime, ckpt))
+    return max(found)[2] if found else None
+
+
+def announce_pick(ckpt: Path, role: str = "", option: str = "--checkpoint") -> None:
+    """Say on stderr which checkpoint a command picked by itself, and warn when its run
+    stopped early or trained only a few steps."""
+    from dlcli.console import notice, warn
+
+    progress = run_progress(ckpt.parent)
+    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(ckpt.stat().st_mtime))
+    if progress is None:
+        notice(f"using {role}{ckpt} (written {written})")
+        return
+    done, planned, steps = progress
+    notice(f"using {role}{ckpt} (run at epoch {done} of {planned}, {steps:,} steps; "
+           f"written {written}); pass {option} to choose another")
+    if done < planned:
+        warn(f"that run stopped at epoch {done} of {planned} (interrupted, or still training); "
+             "its results may be poor")
+    elif steps < SHORT_RUN_STEPS:
+        warn(f"that run trained only {steps} steps; its results may be poor")
+
+
+def checkpoint_file(path) -> Path:
+    """A checkpoint given by its file or by its run folder (best, else last; said on stderr)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = _run_checkpoint(path)
+    if found is None:
+        raise DlcliError(f"{path} is a folder without best.safetensors or last.safetensors; "
+                         "pass a run folder or a checkpoint file")
+    from dlcli.console import notice
+
+    notice(f"reading {found}")
+    return found
 
 
 def resolve_checkpoint(model: str, checkpoint=None, root: Path = RUNS_ROOT) -> Path:
     if checkpoint:
-        return Path(checkpoint)
+        return checkpoint_file(checkpoint)
     found = newest_checkpoint(model, root)
     if found is None:
         raise DlcliError(
             f"no {model} run found under ./{root}; train one with `dlcli train {model}` "
             "or pass --checkpoint FILE"
         )
+    announce_pick(found)
     return found

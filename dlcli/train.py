@@ -551,11 +551,8 @@ def dataset_name(config: dict) -> str:
 def prepare_task(spec, config: dict, dev: torch.device, data_dir, resume, precision: str | None):
     """The task ready to train: built on `dev` with its data loaded (from the checkpoint's
     data folder when resuming without --data-dir). Returns (task, resolved precision)."""
-    if resume is not None and data_dir is None and resume.meta.get("data_dir"):
-        data_dir = resume.meta["data_dir"]
-        if not Path(data_dir).is_dir():
-            raise DlcliError(f"{resume.path} was trained on data from {data_dir}, which is gone; "
-                             "pass --data-dir")
+    if resume is not None:
+        data_dir = resume.data_dir(data_dir)
     task = spec.load_task()(spec, config, dev, data_dir, meta=resume.meta if resume else None)
     precision = apply_precision(task, precision)
     task.setup_data()

@@ -212,23 +212,51 @@ def test_warns_when_generator_collapses(monkeypatch):
     assert len(said) == 1 and "collapsed" in said[0]
 
 
-def test_collapse_seen_by_a_judge_under_runs(monkeypatch, tmp_path, judge):
-    """With a cnn run under ./runs, validate() also reports the label entropy of the
-    fixed-noise samples, and one class only is a collapse."""
-    import shutil
+def judge_run(folder: Path, accuracy: float | None) -> None:
+    """runs/cnn/<folder>: an untrained cnn, as a finished run reaching `accuracy` on
+    validation (None: a run stopped before its first epoch, no accuracy recorded)."""
+    from dlcli.models.cnn import CNN
 
+    config = resolve_config("cnn")
+    done = {"epoch": config["epochs"], "metrics": {"val_accuracy": accuracy}} if accuracy else {}
+    folder.mkdir(parents=True)
+    save_checkpoint(folder / "best.safetensors", model="cnn", config=config,
+                    modules={"model": CNN().eval()}, **done)
+
+
+def test_collapse_seen_by_a_trusted_judge_after_the_first_epoch(monkeypatch, tmp_path):
+    """With a finished, accurate cnn run under ./runs, validate() also reports the label
+    entropy of the fixed-noise samples; one class only is a collapse, said after warm-up."""
     import dlcli.tasks.gan as gan
 
     said = []
     monkeypatch.setattr(gan, "warn", said.append)
-    (tmp_path / "runs" / "cnn" / "r1").mkdir(parents=True)
-    shutil.copy(judge, tmp_path / "runs" / "cnn" / "r1" / "best.safetensors")
+    judge_run(tmp_path / "runs" / "cnn" / "r1", accuracy=0.99)
     task = gan_task()
     with torch.no_grad():  # one image for every noise vector: one class
         task.sampler.net[-2].weight.zero_()
     metrics = task.validate()
-    assert metrics["label_entropy"] == 0.0
-    assert len(said) == 1 and "0.00 bits" in said[0]
+    assert metrics["label_entropy"] == 0.0 and str(metrics["label_entropy"]) == "0.0"  # not -0.0
+    assert said == []  # epoch 1: still warming up
+    task.validate()
+    assert len(said) == 1 and "0.00 bits" in said[0] and "-0.00" not in said[0]
+
+
+@pytest.mark.parametrize("accuracy", [None, 0.5])
+def test_no_collapse_warning_from_an_untrusted_judge(monkeypatch, tmp_path, accuracy):
+    """An untrained or interrupted judge reads one digit everywhere: its label entropy is
+    neither reported nor believed."""
+    import dlcli.tasks.gan as gan
+
+    said = []
+    monkeypatch.setattr(gan, "warn", said.append)
+    judge_run(tmp_path / "runs" / "cnn" / "r1", accuracy=accuracy)
+    task = gan_task()
+    varied = task.train_data[0][100:200].float() / 255  # real digits: as varied as can be
+    monkeypatch.setattr(task, "fixed_samples", lambda: varied)
+    for _ in range(3):
+        assert "label_entropy" not in task.validate()
+    assert said == []
 
 
 # ---- sampling -----------------------------------------------------------------------

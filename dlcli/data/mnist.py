@@ -8,10 +8,12 @@ Everything is returned as uint8 tensors held in memory.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,7 @@ MIRRORS = {
     "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
 }
 SIZES = {"train": 60000, "t10k": 10000}
+OFFLINE_TTL = 3600  # seconds a failed download is remembered (a marker in the cache)
 BUNDLED = Path(__file__).parent / "bundled"
 CLASSES = {
     "mnist": [str(i) for i in range(10)],
@@ -109,8 +112,9 @@ def _load_folder(dataset: str, folder: Path, verify: bool = True) -> dict | None
     return out
 
 
-def download(dataset: str, target: Path) -> bool:
-    """Fetch the four files from the first mirror that answers; verify, then keep them."""
+def download(dataset: str, target: Path) -> str | None:
+    """Fetch the four files from the first mirror that answers; verify, then keep them.
+    Returns None on success, else why every mirror failed."""
     failures = []
     for mirror in MIRRORS[dataset]:
         try:
@@ -119,11 +123,24 @@ def download(dataset: str, target: Path) -> bool:
                 parse_idx(gzip.decompress(blob), stem)  # a well-formed IDX file, before keeping any
             for stem, blob in fetched.items():
                 keep_verified(blob, target, stem, (SHA256.get(dataset) or {}).get(stem))
-            return True
+            return None
         except (OSError, EOFError, DlcliError) as e:
             failures.append(f"{mirror.split('/')[2]}: {getattr(e, 'reason', e)}")
-    notice(f"{dataset} download failed ({'; '.join(failures)})")
-    return False
+    return "; ".join(failures)
+
+
+def _recently_failed(marker: Path) -> bool:
+    """Did a download fail less than OFFLINE_TTL seconds ago?"""
+    try:
+        return time.time() - marker.stat().st_mtime < OFFLINE_TTL
+    except OSError:
+        return False
+
+
+def _remember_failure(marker: Path, why: str) -> None:
+    with contextlib.suppress(OSError):  # a read-only cache: just try again next time
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(why, encoding="utf-8")
 
 
 def _bundled() -> dict:
@@ -150,19 +167,30 @@ def load_images(dataset: str, data_dir=None, allow_download: bool | None = None)
     if allow_download is None:
         allow_download = os.environ.get("DLCLI_OFFLINE", "") in ("", "0")
     target = cache_dir() / dataset
-    if allow_download and download(dataset, target):
-        tensors = _load_folder(dataset, target)
-        return ImageSet(dataset, **_shaped(tensors), source=f"{target} (downloaded)")
+    marker = cache_dir() / f".{dataset}-download-failed"
+    why = ""
+    if allow_download:
+        if _recently_failed(marker):  # offline: every command would wait for the same failure
+            why = (f"; no download tried (one failed less than {OFFLINE_TTL // 60} minutes ago; "
+                   f"delete {marker} to retry now)")
+        else:
+            failed = download(dataset, target)
+            if failed is None:
+                marker.unlink(missing_ok=True)
+                tensors = _load_folder(dataset, target)
+                return ImageSet(dataset, **_shaped(tensors), source=f"{target} (downloaded)")
+            _remember_failure(marker, failed)
+            why = f"; download failed ({failed})"
     if dataset == "mnist":
         tensors = _bundled()
         notice(
             f"using the bundled MNIST subset ({len(tensors['train_x']):,} training, "
-            f"{len(tensors['test_x']):,} test images); for the full set put the four IDX files "
-            f"in {target} or in the --data-dir folder's {dataset}/"
+            f"{len(tensors['test_x']):,} test images){why}; for the full set put the four IDX "
+            f"files in {target} or in the --data-dir folder's {dataset}/"
         )
         return ImageSet(dataset, **_shaped(tensors), source="bundled subset")
     raise DlcliError(
-        f"{dataset} not found: put its four IDX files in {target} or pass --data-dir DIR "
+        f"{dataset} not found{why}: put its four IDX files in {target} or pass --data-dir DIR "
         f"(a folder with {dataset}/ inside)"
     )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dlcli.console import notice
 from dlcli.errors import DlcliError
 
 
@@ -71,6 +72,10 @@ class Task:
     def evaluate(self, **options) -> dict:
         raise DlcliError(f"evaluate is not available for {self.spec.name}")
 
+    def test_items(self) -> int:
+        """How many items the test split holds (after setup_data)."""
+        raise NotImplementedError
+
     def sample(self, n: int, label=None, grid: str | None = None, interpolate: bool = False):
         """Return (images in [0, 1] of shape (N, 1, H, W), images per row)."""
         raise DlcliError(f"{self.spec.name} does not generate images")
@@ -113,6 +118,20 @@ class Task:
             # after this step they are stale, and a later forward in the same step (G
             # against the just-updated D) must see the new weights
             torch.clear_autocast_cache()
+
+    def data_info(self) -> dict:
+        """What evaluate scores (after setup_data): dataset, split, items, where from."""
+        from dlcli.train import dataset_name
+
+        return {"dataset": dataset_name(self.config), "split": "test", "items": self.test_items(),
+                "source": getattr(self, "data_source", "")}
+
+    def setup_eval_data(self) -> None:
+        """setup_data(), then say on stderr which data evaluate scores."""
+        self.setup_data()
+        d = self.data_info()
+        notice(f"scoring {d['dataset']}, {d['split']} split, {d['items']:,} items, "
+               f"from {d['source']}")
 
     def batch_items(self, batch) -> int:
         """How many items (images, tokens) a batch holds, for throughput."""
@@ -159,6 +178,7 @@ class Task:
     @classmethod
     def from_checkpoint(cls, spec, ckpt, device, data_dir=None) -> "Task":
         task = cls(spec, ckpt.config, device, data_dir, meta=ckpt.meta, trains=False)
+        task.checkpoint_path = ckpt.path
         ckpt.load_into(task.modules)
         task.train_mode(False)
         return task

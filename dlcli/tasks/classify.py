@@ -132,7 +132,7 @@ class ClassifierTask(ImageTask):
         return self.test_data if self.config["dataset"] in TOY_DATASETS else self.train_data
 
     def evaluate(self, **options) -> dict:
-        self.setup_data()
+        self.setup_eval_data()
         return self.measure(self.eval_batches("test"))
 
     def networks(self) -> dict:
@@ -158,16 +158,22 @@ class ClassifierTask(ImageTask):
         return self.model(x).softmax(1)
 
 
-def load_judge(classifier=None, device="cpu") -> ClassifierTask:
-    """The cnn that scores generated images: --classifier CKPT, else the newest cnn run."""
+def load_judge(classifier=None, device="cpu", required: bool = True) -> ClassifierTask | None:
+    """The cnn that scores generated images: --classifier CKPT, else the newest cnn run
+    (said on stderr); with none, an error, or None when not `required`."""
     from dlcli.checkpoint import load_checkpoint
     from dlcli.registry import get_spec
-    from dlcli.runs import RUNS_ROOT, newest_checkpoint
+    from dlcli.runs import RUNS_ROOT, announce_pick, newest_checkpoint
 
-    path = classifier or newest_checkpoint("cnn", RUNS_ROOT)
+    path = classifier
     if path is None:
-        raise DlcliError("these metrics need a trained cnn as judge: run `dlcli train cnn` "
-                         "first, or pass --classifier CKPT")
+        path = newest_checkpoint("cnn", RUNS_ROOT)
+        if path is None and not required:
+            return None
+        if path is None:
+            raise DlcliError("these metrics need a trained cnn as judge: run `dlcli train cnn` "
+                             "first, or pass --classifier CKPT")
+        announce_pick(path, role="judge ", option="--classifier")
     ckpt = load_checkpoint(path)
     if ckpt.model not in ("cnn", "mlp"):
         raise DlcliError(f"{path} is a {ckpt.model} checkpoint; the judge must be a cnn (or mlp)")

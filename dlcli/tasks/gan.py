@@ -16,6 +16,7 @@ generator whose fixed-noise samples stop varying are warned about, with a hint.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -30,6 +31,11 @@ from dlcli.tasks.image import ImageTask, interpolation_path, labels_for, to_unit
 D_COLLAPSE_STEPS = 200  # consecutive steps with D's loss at its floor before we warn
 D_COLLAPSE_GAP = 0.01  # "at its floor": within this many nats of the smallest loss possible
 GRID_ROWS = 10  # the fixed-noise grid is 10 x 10
+# The collapse warning needs evidence: a judge that reads digits well, enough samples for
+# a histogram of ten classes, and a generator past its first epoch.
+JUDGE_ACCURACY = 0.95
+JUDGED_SAMPLES = 100
+WARMUP_EPOCHS = 1
 INTERPOLATION_STEPS = 10  # images per --interpolate row
 
 
@@ -62,6 +68,7 @@ class GANTask(ImageTask):
         # The least loss D can reach: it is not 0 when real targets are smoothed.
         self.d_floor = binary_entropy(self.real_target)
         self.d_streak, self.d_warned, self.g_warned = 0, False, False
+        self.validations = 0  # in this process: a resumed run warms up again
         # Fixed noise for the per-epoch grid, from its own generator: drawing it leaves the
         # global RNG stream (and so exact resume) untouched.
         g = torch.Generator().manual_seed(cfg["seed"] + 12345)
@@ -197,14 +204,15 @@ class GANTask(ImageTask):
         diversity = float(torch.pdist(fake.flatten(1)).mean() / torch.pdist(real.flatten(1)).mean())
         metrics = {"diversity": diversity}
         judge = self.training_judge()
-        if judge is not None:
-            from dlcli.metrics import judge_outputs
+        if judge is not None and len(fake) >= JUDGED_SAMPLES:
+            from dlcli.metrics import judge_outputs, label_entropy
 
-            counts = torch.bincount(judge_outputs(judge, fake)[1].argmax(1), minlength=10)
-            p = counts[counts > 0].double() / len(fake)
-            metrics["label_entropy"] = float(-(p * p.log2()).sum())
+            metrics["label_entropy"] = label_entropy(judge_outputs(judge, fake)[1].argmax(1),
+                                                     self.classes)
+        self.validations += 1
         few_classes = metrics.get("label_entropy", math.inf) < 1.5
-        if (diversity < 0.3 or few_classes) and not self.g_warned:
+        warmed_up = self.validations > WARMUP_EPOCHS  # a first epoch's samples are still noise
+        if (diversity < 0.3 or few_classes) and warmed_up and not self.g_warned:
             self.g_warned = True
             seen = (f"its fixed-noise samples show {metrics['label_entropy']:.2f} bits of digit "
                     "variety (3.32 = all ten)" if few_classes else
@@ -215,17 +223,26 @@ class GANTask(ImageTask):
         return metrics
 
     def training_judge(self):
-        """The newest cnn run under ./runs trained on this dataset, else None (looked up once)."""
+        """The newest cnn run under ./runs, if it is one to trust: trained on this dataset,
+        to the end of its epochs, to JUDGE_ACCURACY on validation. Else None (an untrained
+        judge sees one digit everywhere). Looked up once."""
         if not hasattr(self, "_judge"):
+            from dlcli.checkpoint import read_metadata
+            from dlcli.runs import newest_checkpoint, run_progress
             from dlcli.tasks.classify import load_judge
 
             self._judge = None
-            try:
-                judge = load_judge(None, self.device)
-                if judge.config["dataset"] == self.config["dataset"]:
-                    self._judge = judge
-            except DlcliError:
-                pass
+            path = newest_checkpoint("cnn")
+            progress = run_progress(path.parent) if path else None
+            if progress and progress[0] >= progress[1]:
+                try:
+                    meta = read_metadata(path)
+                    accuracy = json.loads(meta["metrics"]).get("val_accuracy", 0.0)
+                    if (accuracy >= JUDGE_ACCURACY
+                            and json.loads(meta["config"]).get("dataset") == self.config["dataset"]):
+                        self._judge = load_judge(path, self.device)
+                except (DlcliError, KeyError, ValueError):
+                    pass
         return self._judge
 
     def end_of_epoch(self, epoch: int, run_dir: Path) -> None:
@@ -287,11 +304,11 @@ class GANTask(ImageTask):
         from dlcli.tasks.classify import load_judge
 
         judge = load_judge(classifier, self.device)
-        self.setup_data()
+        self.setup_eval_data()
         g = torch.Generator().manual_seed(0)  # the same noise every evaluation
         z = torch.randn(samples, self.config["latent_dim"], generator=g).to(self.device)
         y = (torch.arange(samples, device=self.device) % self.classes) if self.conditional else None
         fake = self.generate(z, y)
         real = to_unit_float(self.test_data[0])[0]
         scores = score_samples(judge, fake, real, labels=y)
-        return {**scores, "samples": samples}
+        return {**scores, "samples": samples, "judge": str(judge.checkpoint_path)}

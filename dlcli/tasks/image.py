@@ -57,6 +57,9 @@ class ImageTask(Task):
 
     drop_last = False  # GANs and BN nets may prefer equal batches
 
+    def test_items(self) -> int:
+        return len(self.test_data[0])
+
     def eval_batches(self, split: str = "val", batch_size: int = 1000):
         data = self.val_data if split == "val" and self.val_data is not None else self.test_data
         return in_order(data, batch_size)

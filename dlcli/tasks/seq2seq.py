@@ -134,6 +134,9 @@ class Seq2SeqTask(Task):
     def data_sha256(self) -> str:
         return sha256_of(self.corpus.splits)
 
+    def test_items(self) -> int:
+        return len(self.corpus.splits["test"][0])
+
     def split(self, name: str) -> EncodedSplit:
         if name not in self.splits:
             sources, targets = self.corpus.splits[name]
@@ -230,7 +233,7 @@ class Seq2SeqTask(Task):
     # ---- evaluation ----------------------------------------------------------------
     def evaluate(self, **options) -> dict:
         try:
-            self.setup_data()
+            self.setup_eval_data()
         except DlcliError as e:
             moved = " (if it moved, pass --data with where it is now)" if self.config.get("data") else ""
             raise DlcliError(f"evaluate needs the training corpus: {e}{moved}") from None

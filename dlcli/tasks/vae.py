@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dlcli.console import notice
 from dlcli.errors import DlcliError
 from dlcli.optim import Schedule, make_optimizer
 from dlcli.tasks.image import ImageTask, interpolation_path, labels_for, to_unit_float
@@ -142,8 +143,11 @@ class VAETask(ImageTask):
     # ---- evaluation -------------------------------------------------------------------
     def evaluate(self, classifier=None, samples: int = 10000, iwae_k: int = 100, **_) -> dict:
         from dlcli.models.vae import iwae_nll
+        from dlcli.tasks.classify import load_judge
 
-        self.setup_data()
+        # looked up first: a bad --classifier fails before minutes of work
+        judge = load_judge(classifier, self.device, required=False) if self.conditional else None
+        self.setup_eval_data()
         m = self.measure(self.eval_batches("test"))
         gen = torch.Generator(self.device).manual_seed(EVAL_SEED)
         chunk = max(1, 20000 // iwae_k)  # images per IWAE pass: k * chunk decodes at once
@@ -154,17 +158,18 @@ class VAETask(ImageTask):
                "iwae_nll": nll / len(self.test_data[0]), "iwae_k": iwae_k,
                "active_units": m["active_units"], "latent": self.config["latent"],
                "kl_per_unit": m["kl_per_unit"]}
-        if self.conditional:
-            out.update(self.judge_labels(classifier, samples))
+        if judge is not None:
+            out.update(self.judge_labels(judge, samples))
+        elif self.conditional:
+            notice("label_accuracy, cfid and confidence skipped: they need a cnn judge "
+                   "(`dlcli train cnn`, or --classifier CKPT)")
         return out
 
-    def judge_labels(self, classifier, samples: int) -> dict:
+    def judge_labels(self, judge, samples: int) -> dict:
         """Does the digit drawn match the label asked for? The cnn judge decides, for
         samples at the configured temperature and, when that is not 1, at 1 too."""
         from dlcli.metrics import score_samples
-        from dlcli.tasks.classify import load_judge
 
-        judge = load_judge(classifier, self.device)
         (real,) = to_unit_float(self.test_data[0])
         labels = torch.arange(samples, device=self.device) % self.classes
         out = {}
@@ -180,7 +185,8 @@ class VAETask(ImageTask):
                         f"label_accuracy_per_digit{suffix}": scores["label_accuracy_per_class"],
                         f"cfid{suffix}": scores["cfid"],
                         f"confidence{suffix}": scores["confidence"]})
-        return {**out, "temperature": self.config["temperature"]}
+        return {**out, "temperature": self.config["temperature"],
+                "judge": str(judge.checkpoint_path)}
 
     # ---- pictures ---------------------------------------------------------------------
     def decode_prior(self, labels=None, count: int | None = None,
