@@ -279,9 +279,14 @@ class GANTask(ImageTask):
         judge = load_judge(classifier, self.device)
         self.setup_data()
         g = torch.Generator().manual_seed(0)  # the same noise every evaluation
-        z = torch.randn(samples, self.config["latent_dim"], generator=g).to(self.device)
-        y = (torch.arange(samples, device=self.device) % self.classes) if self.conditional else None
-        fake = self.generate(z, y)
+
+        def batches(size: int = 1000):  # made as they are scored: memory stays flat
+            for start in range(0, samples, size):
+                n = min(size, samples - start)
+                z = torch.randn(n, self.config["latent_dim"], generator=g).to(self.device)
+                y = ((torch.arange(start, start + n, device=self.device) % self.classes)
+                     if self.conditional else None)
+                yield self.generate(z, y), y
+
         real = to_unit_float(self.test_data[0])[0]
-        scores = score_samples(judge, fake, real, labels=y)
-        return {**scores, "samples": samples}
+        return {**score_samples(judge, batches(), real), "samples": samples}
