@@ -293,12 +293,15 @@ def _launch_torchrun(nproc: int) -> None:
     raise typer.Exit(0)
 
 
+MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "npy": b"\x93NUMPY"}  # how each format's files begin
+
+
 def check_replaceable(path: Path, fmt: str, option: str) -> None:
     """An output file of `fmt` (png, npy) may replace only a file of that format: a typo
     must not overwrite a checkpoint."""
     if path.is_dir():
         raise DlcliError(f"{option} {path} is a folder; give a file name")
-    if path.exists():
+    if path.exists() and path.stat().st_size > 0:  # an empty file holds nothing to lose
         try:
             with open(path, "rb") as f:
                 head = f.read(len(MAGIC[fmt]))
@@ -307,9 +310,6 @@ def check_replaceable(path: Path, fmt: str, option: str) -> None:
         if head != MAGIC[fmt]:
             raise DlcliError(f"{option} {path} exists and is not a {fmt.upper()} file; not "
                              "overwriting it (remove it first, or choose another name)")
-
-
-MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "npy": b"\x93NUMPY"}
 
 
 def json_out(value, indent=None) -> None:
