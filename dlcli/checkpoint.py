@@ -177,7 +177,7 @@ class Checkpoint:
             state = unflatten_state(json.loads(raw), self.tensors)
         except (KeyError, TypeError, ValueError, RecursionError):
             state = None
-        if not isinstance(state, dict) or not {"task", "rng", "batch"} <= state.keys():
+        if not isinstance(state, dict):
             raise DlcliError(f"{self.path}: its training state is not what dlcli writes (a "
                              "damaged or edited checkpoint)")
         return state
@@ -203,8 +203,9 @@ class Checkpoint:
                                      "checkpoint, or one of another architecture)")
                 got = saved[key]
                 if tuple(got.shape) != tuple(want.shape):
-                    raise DlcliError(f"{self.path}: tensor {tensor} has shape "
-                                     f"{list(got.shape)}, the model needs {list(want.shape)}")
+                    raise DlcliError(f"{self.path}: weights do not fit the model: tensor "
+                                     f"{tensor} has shape {list(got.shape)}, the model needs "
+                                     f"{list(want.shape)}")
                 if (got.is_floating_point() != want.is_floating_point()
                         or (got.dtype == torch.bool) != (want.dtype == torch.bool)):
                     raise DlcliError(f"{self.path}: tensor {tensor} is {str(got.dtype)[6:]} "

@@ -573,7 +573,9 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
     if resume is not None:  # checked before any folder is claimed or file written
         check_resumable(resume, config["epochs"])
         spec.load_task().check_checkpoint(resume)
-        resume.state  # noqa: B018 -- reading it checks it
+        if not {"task", "rng", "batch"} <= resume.state.keys():
+            raise DlcliError(f"{resume.path}: its training state is not what dlcli writes (a "
+                             "damaged or edited checkpoint)")
     task, precision = prepare_task(spec, config, dev, data_dir, resume, precision)
     if compile:
         compile_modules(task.modules)

@@ -11,11 +11,11 @@ import pytest
 from conftest import ROOT, run_cli
 from test_resume import assert_same
 
-# Many small steps of a tiny net (xor: 2,000 rows an epoch): a signal sent at the
-# first logged step (the 50th) lands mid-epoch.
+# Many small steps of a tiny net (xor: 2,000 rows an epoch, 250 steps of each rank): a
+# signal sent at the first logged step (the 50th) lands mid-epoch, and well before the end.
 TINY = ["--threads", "1", "train", "mlp", "--dataset", "xor", "--set", "hidden=[8]",
         "--set", "batchnorm=false",  # per-rank BatchNorm statistics are averaged at epoch ends only
-        "--batch-size", "8", "--epochs", "1"]
+        "--batch-size", "4", "--epochs", "2"]
 DDP = ["--nproc-per-node", "2"]
 
 
@@ -71,7 +71,7 @@ def test_signal_stops_every_worker_saves_and_resumes_exactly(tmp_path, signum, u
 def test_sighup_saves_like_sigterm(tmp_path):
     """A closed terminal (SIGHUP) stops training as SIGTERM does: saved, exit 129."""
     run_dir = tmp_path / "hup"
-    proc = start([*TINY, "--epochs", "2"], run_dir)
+    proc = start(TINY, run_dir)
     wait_for_first_step(run_dir, proc)
     proc.send_signal(signal.SIGHUP)
     out, err = proc.communicate(timeout=120)
