@@ -299,9 +299,7 @@ MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "npy": b"\x93NUMPY"}  # how each format's 
 def check_replaceable(path: Path, fmt: str, option: str) -> None:
     """An output file of `fmt` (png, npy) may replace only a file of that format: a typo
     must not overwrite a checkpoint."""
-    if path.is_dir():
-        raise DlcliError(f"{option} {path} is a folder; give a file name")
-    if path.exists() and path.stat().st_size > 0:  # an empty file holds nothing to lose
+    if path.is_file() and path.stat().st_size > 0:  # an empty file holds nothing to lose
         try:
             with open(path, "rb") as f:
                 head = f.read(len(MAGIC[fmt]))
