@@ -178,7 +178,7 @@ def score_npy(path: str, judge, real) -> dict:
 
     from dlcli.metrics import score_samples
 
-    scores = score_samples(judge, torch.from_numpy(np.load(path)), real)
+    scores = score_samples(judge, [(torch.from_numpy(np.load(path)), None)], real)
     return {k: round(v, 4) for k, v in scores.items()}
 
 

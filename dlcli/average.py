@@ -16,6 +16,28 @@ from dlcli.registry import get_spec
 
 STANDARD_KEYS = {"format", "model", "dlcli_version", "config", "epoch", "step", "metrics",
                  "modules", "parameters", "state"}
+# Config keys that steer how a model trains or samples, not what it computes: checkpoints
+# may differ in these (the epochs of one run, runs of several seeds) and still be averaged.
+TRAINING_KEYS = {"epochs", "lr", "seed", "batch_size", "optimizer", "momentum", "weight_decay",
+                 "schedule", "lr_decay", "warmup", "clip_norm", "beta1", "beta2", "d_lr_scale",
+                 "label_smoothing", "dropout", "d_dropout", "precision", "val_size", "keep_epochs",
+                 "val_translate", "ema", "beta", "gamma", "capacity", "capacity_epochs",
+                 "truncation", "temperature", "beam", "length_penalty", "data", "train_size"}
+# Metadata that gives the weights their meaning: the same numbers under another tokenizer
+# or other class names are another model.
+MEANING_KEYS = ("tokenizer", "classes", "class_names", "image_shape", "normalization")
+
+
+def meaning_difference(a, b) -> str | None:
+    """What makes checkpoints a and b models of different things, or None."""
+    ca, cb = a.config, b.config
+    for key in sorted((ca.keys() | cb.keys()) - TRAINING_KEYS):
+        if ca.get(key) != cb.get(key):
+            return f"config {key} is {ca.get(key)!r} in one and {cb.get(key)!r} in the other"
+    for key in MEANING_KEYS:
+        if a.meta.get(key) != b.meta.get(key):
+            return f"their {key.replace('_', ' ')} differ"
+    return None
 
 
 def average_checkpoints(paths, output) -> Path:
@@ -25,6 +47,9 @@ def average_checkpoints(paths, output) -> Path:
         if c.model != last.model:
             raise DlcliError(f"cannot average a {c.model} checkpoint ({c.path}) with a "
                              f"{last.model} one ({last.path})")
+        difference = meaning_difference(c, last)
+        if difference:
+            raise DlcliError(f"cannot average {c.path} with {last.path}: {difference}")
     modules = {}
     for name in last.module_names():
         reference = last.state_dict(name)

@@ -173,7 +173,16 @@ class Checkpoint:
     @property
     def state(self) -> dict | None:
         raw = self.meta.get("state")
-        return unflatten_state(json.loads(raw), self.tensors) if raw else None
+        if not raw:
+            return None
+        try:
+            state = unflatten_state(json.loads(raw), self.tensors)
+        except (KeyError, TypeError, ValueError, RecursionError):
+            state = None
+        if not isinstance(state, dict):
+            raise DlcliError(f"{self.path}: its training state is not what dlcli writes (a "
+                             "damaged or edited checkpoint)")
+        return state
 
     def data_dir(self, given=None):
         """The data folder to use with this checkpoint: `given` (--data-dir), else the one
@@ -194,15 +203,34 @@ class Checkpoint:
         return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
     def load_into(self, modules: dict) -> None:
+        """Load the weights, each checked first against the model's own tensor: the same
+        shape, a float where the model has a float, and finite values (NaN weights would
+        give black pictures and NaN metrics, not an error)."""
         for name, module in modules.items():
-            sd = self.state_dict(name)
-            if not sd and any(True for _ in module.state_dict()):
-                raise DlcliError(f"{self.path}: checkpoint has no weights for {name!r}")
-            try:
-                module.load_state_dict(sd)
-            except RuntimeError as e:
-                first = str(e).strip().splitlines()[0]
-                raise DlcliError(f"{self.path}: weights do not fit the model: {first}") from None
+            saved = self.state_dict(name)
+            expected = module.state_dict()
+            for key, want in expected.items():
+                tensor = f"model/{name}/{key}"
+                if key not in saved:
+                    raise DlcliError(f"{self.path}: tensor {tensor} is missing (a damaged "
+                                     "checkpoint, or one of another architecture)")
+                got = saved[key]
+                if tuple(got.shape) != tuple(want.shape):
+                    raise DlcliError(f"{self.path}: weights do not fit the model: tensor "
+                                     f"{tensor} has shape {list(got.shape)}, the model needs "
+                                     f"{list(want.shape)}")
+                if (got.is_floating_point() != want.is_floating_point()
+                        or (got.dtype == torch.bool) != (want.dtype == torch.bool)):
+                    raise DlcliError(f"{self.path}: tensor {tensor} is {str(got.dtype)[6:]} "
+                                     f"where the model holds {str(want.dtype)[6:]}")
+                if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+                    raise DlcliError(f"{self.path}: tensor {tensor} holds NaN or infinite "
+                                     "values; this checkpoint cannot be used")
+            extra = sorted(saved.keys() - expected.keys())
+            if extra:
+                raise DlcliError(f"{self.path}: tensor model/{name}/{extra[0]} is not part of "
+                                 f"the {self.model} model (a checkpoint of another architecture)")
+            module.load_state_dict(saved)
 
 
 def _read(path: Path, with_tensors: bool) -> tuple[dict, dict]:
@@ -214,10 +242,35 @@ def _read(path: Path, with_tensors: bool) -> tuple[dict, dict]:
             tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise DlcliError(f"{path} is not a readable safetensors checkpoint ({e})") from None
-    if meta.get("format") != FORMAT or "model" not in meta or "config" not in meta:
-        raise DlcliError(f"{path} is a safetensors file but not a dlcli checkpoint")
+    check_format(path, meta)
     check_metadata(path, meta)
     return meta, tensors
+
+
+def check_format(path: Path, meta: dict[str, str]) -> None:
+    written = meta.get("format", "")
+    if written.startswith("dlcli/") and written != FORMAT:
+        raise DlcliError(f"{path} was written by dlcli {meta.get('dlcli_version', '?')} in "
+                         f"checkpoint format {written}; this dlcli {__version__} reads {FORMAT} "
+                         "(upgrade dlcli to use it)")
+    if written != FORMAT or "model" not in meta or "config" not in meta:
+        raise DlcliError(f"{path} is a safetensors file but not a dlcli checkpoint")
+
+
+def checked_config(ckpt: "Checkpoint") -> dict:
+    """The checkpoint's config, checked against its model's schema (the default preset)
+    before anything is built from it: every key there, each value of its type and range."""
+    from dlcli.config import config_against_schema
+    from dlcli.registry import get_spec
+
+    try:
+        get_spec(ckpt.model)
+    except DlcliError:
+        raise DlcliError(f"{ckpt.path} names a model dlcli does not know: {ckpt.model!r}") from None
+    try:
+        return config_against_schema(ckpt.model, ckpt.config)
+    except DlcliError as e:
+        raise DlcliError(f"{ckpt.path}: its config does not fit the {ckpt.model} model: {e}") from None
 
 
 def load_checkpoint(path, expect_model: str | None = None, tensors: bool = True) -> Checkpoint:

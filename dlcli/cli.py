@@ -7,6 +7,7 @@ imports only typer, yaml and dlcli's torch-free modules (registry, config, error
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ app.add_typer(presets_app, name="presets")
 
 STATE = {"debug": False}
 MAX_SAMPLES = 100_000  # per `dlcli sample`: 300 MB of float32 pixels
+MAX_EVAL_SAMPLES = 1_000_000  # per `dlcli evaluate`: scored in batches, so a matter of time
 
 
 def _version(value: bool):
@@ -80,10 +82,22 @@ def complete_preset(incomplete: str):
     return [(p["name"], p["description"]) for p in list_presets() if p["name"].startswith(incomplete)]
 
 
-def out(text: str) -> None:
-    """A result on stdout, flushed (pipelines read it as soon as it is there)."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+class ReaderLeft(Exception):
+    """stdout's reader has gone (`dlcli ... | head -1`). Not an OSError, which click
+    would turn into a silent exit 1."""
+
+
+def out(text: str | bytes) -> None:
+    """A result on stdout (a line of text, or bytes as they are), flushed: pipelines read
+    it as soon as it is there."""
+    try:
+        if isinstance(text, bytes):
+            sys.stdout.buffer.write(text)
+        else:
+            sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise ReaderLeft() from None
 
 
 # ---- models / presets ---------------------------------------------------------------
@@ -211,12 +225,12 @@ def train(
         raise DlcliError(f"{model} cannot train on {config['dataset']!r}; "
                          f"choose one of: {', '.join(spec.datasets)}")
     from dlcli import train as training
-    from dlcli.checkpoint import load_checkpoint
+    from dlcli.checkpoint import checked_config, load_checkpoint
 
     if resume is not None:
         # Architecture and data come from the checkpoint; only the epoch budget may change.
         checkpoint = load_checkpoint(resume, expect_model=model, tensors=False)  # train() loads it
-        saved = checkpoint.config
+        saved = checked_config(checkpoint)
         changed = {k: v for k, v in config.items() if k != "epochs" and saved.get(k) != v
                    and (k in flags and flags[k] is not None or any(s.startswith(k + "=") for s in set_)
                         or preset)}
@@ -248,8 +262,15 @@ def train(
 
 
 def _launch_torchrun(nproc: int) -> None:
-    """Re-run this very command under torch.distributed.run with nproc processes."""
-    import subprocess
+    """Re-run this very command under torchrun's launcher with nproc workers, inside this
+    process: a signal to dlcli (Ctrl-C, kill, `timeout`, a closed terminal) is then
+    torchrun's, which passes it on to every worker and waits while they save and exit, so
+    nothing outlives dlcli. It exits as a single process would: 128 + the signal number."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
 
     args = sys.argv[1:]
     for i, a in enumerate(args):
@@ -259,9 +280,61 @@ def _launch_torchrun(nproc: int) -> None:
         if a.startswith("--nproc-per-node="):
             del args[i]
             break
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "dlcli", *args]
-    raise typer.Exit(subprocess.call(cmd))
+    # the launcher's own notes on shutting the workers down: the workers speak for themselves
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    launch = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "-m", "dlcli", *args])
+    try:
+        run(launch)
+    except SignalException as e:
+        raise typer.Exit(128 + int(e.sigval)) from None
+    except ChildFailedError as e:  # each worker has printed its own error
+        failure = e.failures.get(0) or e.get_first_failure()[1]
+        code = failure.exitcode
+        raise typer.Exit(128 - code if code < 0 else code) from None
+    raise typer.Exit(0)
+
+
+MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "npy": b"\x93NUMPY"}  # how each format's files begin
+
+
+def check_replaceable(path: Path, fmt: str, option: str) -> None:
+    """An output file of `fmt` (png, npy) may replace only a file of that format: a typo
+    must not overwrite a checkpoint."""
+    if path.is_file() and path.stat().st_size > 0:  # an empty file holds nothing to lose
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(MAGIC[fmt]))
+        except OSError as e:
+            raise DlcliError(f"{option} {path}: {e.strerror or e}") from None
+        if head != MAGIC[fmt]:
+            raise DlcliError(f"{option} {path} exists and is not a {fmt.upper()} file; not "
+                             "overwriting it (remove it first, or choose another name)")
+
+
+def json_out(value, indent=None) -> None:
+    """JSON on stdout, strictly: a NaN or infinity (a metric that diverged) is written as
+    null, with a warning naming it, since bare NaN is not JSON and breaks every parser."""
+    bad = []
+
+    def finite(v, where):
+        if isinstance(v, float) and not math.isfinite(v):
+            bad.append(where)
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x, f"{where}.{k}" if where else str(k)) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x, f"{where}[{i}]") for i, x in enumerate(v)]
+        return v
+
+    value = finite(value, "")
+    if bad:
+        from dlcli.console import warn
+
+        warn(f"not a finite number, written as null: {', '.join(bad)}")
+    out(json.dumps(value, indent=indent, allow_nan=False))
 
 
 # ---- sample -------------------------------------------------------------------------
@@ -343,6 +416,7 @@ def sample(
                          f"*.png or *.npy (or pass --format)")
     if output and output != "-":
         _check_output_folder(Path(output).parent)
+        check_replaceable(Path(output), fmt, "-o")
 
     import torch
 
@@ -371,8 +445,7 @@ def sample(
         data = grid_png(images, nrow, captions=task.captions(
             count, label=label, grid=grid or spec.grids[0], interpolate=interpolate))
     if output == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
+        out(data)
         return
     path = Path(output) if output else _default_output(model, fmt)
     try:
@@ -413,6 +486,11 @@ def translate(
         raise DlcliError(f"--n-best {n_best} needs --beam of at least {n_best}")
     if engine not in ("torch", "ctranslate2"):
         raise DlcliError(f"unknown --engine {engine!r}; choose one of: torch, ctranslate2")
+    if attention is not None:
+        if attention.suffix.lower() != ".png":
+            raise DlcliError(f"--attention {attention} does not end in .png; the heatmap is "
+                             "a PNG picture, name it *.png")
+        check_replaceable(attention, "png", "--attention")
     try:
         from dlcli.translate import run_translate
     except ImportError:
@@ -451,7 +529,7 @@ def inspect(
 
     info = describe(checkpoint_file(checkpoint))
     if as_json:
-        out(json.dumps(info, indent=2))
+        json_out(info, indent=2)
     else:
         render(info)
 
@@ -471,8 +549,9 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
 ):
     """Test-set metrics for the checkpoint's model family."""
-    if samples < 2 or iwae_k < 1:  # a covariance (the FID) needs two samples at least
-        raise DlcliError("--samples must be at least 2 and --iwae-k at least 1")
+    if not 2 <= samples <= MAX_EVAL_SAMPLES or iwae_k < 1:  # a covariance needs two
+        raise DlcliError(f"--samples must be at least 2 and at most {MAX_EVAL_SAMPLES:,}, "
+                         "and --iwae-k at least 1")
     from dlcli.checkpoint import load_checkpoint
     from dlcli.runs import checkpoint_file
     from dlcli.train import pick_device
@@ -489,7 +568,7 @@ def evaluate(
     metrics = task.evaluate(classifier=classifier, samples=samples, iwae_k=iwae_k)
     metrics["data"] = task.data_info()
     if as_json:
-        out(json.dumps(metrics))
+        json_out(metrics)
         return
     for k, v in metrics.items():
         if isinstance(v, dict):  # the data scored: said on stderr already
@@ -596,6 +675,10 @@ def main(argv=None) -> None:
     # Typer may vendor its own click: take the exception classes from what it raises.
     click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     command = typer.main.get_command(app)
+    if sys.stdout is None:  # started with stdout closed (`>&-`): say so before any work
+        print("error: stdout is closed, and dlcli writes its results there; redirect it to "
+              "a file or /dev/null", file=sys.stderr)
+        sys.exit(2)
     plain_metavars(command)
     args = hoist_global_options(sys.argv[1:] if argv is None else list(argv))
     try:
@@ -623,8 +706,15 @@ def main(argv=None) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Interrupted as e:
-        print(f"interrupted: saved {e.path}; continue with `--resume {e.path}`", file=sys.stderr)
+        if e.path is not None:  # None: a worker whose rank 0 saved, and says so
+            print(f"interrupted: saved {e.path}; continue with `--resume {e.path}`",
+                  file=sys.stderr)
         sys.exit(e.exit_code)
+    except ReaderLeft:
+        # the reader left (`| head -1`): stop quietly, as `yes | head` does, and exit as a
+        # process killed by SIGPIPE would; nothing more can be written
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except Exception as e:  # the last line of defence: one line
         if STATE["debug"]:
             raise

@@ -236,6 +236,23 @@ def validate_preset(path: Path) -> tuple[str, dict]:
     return model, resolve_config(model, str(path))
 
 
+def config_against_schema(model: str, config) -> dict:
+    """A config read back from a checkpoint, checked against the model's schema: a
+    mapping for this model, with every key of the schema, each value of the schema's type
+    and within NUMBER_RULES."""
+    schema = default_config(model)
+    if not isinstance(config, dict):
+        raise DlcliError("it is not a mapping of key: value")
+    if config.get("model", model) != model:
+        raise DlcliError(f"it is the config of a {config['model']!r} model")
+    missing = [k for k in schema if k not in config and k != "model"]
+    if missing:
+        raise DlcliError(f"key {missing[0]!r} is missing")
+    checked = {**config, **{k: _coerce(k, config[k], schema[k]) for k in schema if k in config}}
+    validate_numbers(checked)
+    return checked
+
+
 def validate_numbers(config: dict) -> None:
     """Every number within what its model can use (NUMBER_RULES), d_model split evenly
     across heads, a precision that exists."""

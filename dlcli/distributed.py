@@ -62,6 +62,18 @@ def _flat_all_reduce_mean(tensors: list[torch.Tensor], world: int) -> None:
         offset += t.numel()
 
 
+def any_rank(flag: bool, d: Dist) -> bool:
+    """True on every rank when `flag` is true on any."""
+    t = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        dist.barrier()
+
+
 def average_gradients_before_steps(optimizers, d: Dist) -> None:
     def hook(optimizer, args, kwargs):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]

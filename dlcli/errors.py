@@ -21,7 +21,8 @@ def did_you_mean(kind: str, name: str, choices) -> str:
 
 
 class Interrupted(Exception):
-    """Ctrl-C (or SIGTERM) during training, raised after the checkpoint was saved."""
+    """Ctrl-C, SIGTERM or SIGHUP during training, raised after the checkpoint was saved
+    (path None: a worker under torchrun other than rank 0, which saved it)."""
 
     def __init__(self, path, signum: int = signal.SIGINT):
         super().__init__(str(path))

@@ -40,7 +40,7 @@ def check_metadata(path: Path, meta: dict[str, str]) -> None:
     for key in ("config", "metrics", "modules", "parameters", "state", "provenance"):
         try:
             value = json.loads(meta[key]) if key in meta else {}
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested past reason
             value = None
         if value is None or (key == "config" and not isinstance(value, dict)):
             raise DlcliError(f"{path}: its {key!r} metadata is not what dlcli writes (a damaged "

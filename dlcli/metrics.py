@@ -46,28 +46,69 @@ def judge_outputs(judge, images: torch.Tensor, batch_size: int = 1000):
     return torch.cat(feats), torch.cat(probs)
 
 
-def label_entropy(predicted: torch.Tensor, classes: int) -> float:
-    """Entropy in bits of the histogram of predicted labels (0.0, never -0.0, for one label)."""
-    hist = torch.bincount(predicted.cpu(), minlength=classes).double()
-    p = hist[hist > 0] / hist.sum()
+def label_entropy(counts: torch.Tensor) -> float:
+    """Entropy in bits of a histogram of predicted labels (0.0, never -0.0, for one label)."""
+    p = counts[counts > 0].double() / counts.sum()
     return max(0.0, float(-(p * p.log2()).sum()))
 
 
-def score_samples(judge, fake: torch.Tensor, real: torch.Tensor, labels=None) -> dict:
-    """cfid, label_entropy, confidence (and label_accuracy when labels are given)."""
-    fake_feats, fake_probs = judge_outputs(judge, fake)
+class RunningGaussian:
+    """Mean and covariance of feature rows seen batch by batch, in float64 (Chan et al.'s
+    pairwise update): the scores of a million samples need no more memory than of one batch."""
+
+    def __init__(self):
+        self.n, self.mean, self.scatter = 0, None, None
+
+    def add(self, features: torch.Tensor) -> None:
+        f = features.double()
+        n, mean = len(f), f.mean(0)
+        centred = f - mean
+        scatter = centred.T @ centred
+        if self.n == 0:
+            self.n, self.mean, self.scatter = n, mean, scatter
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.scatter = self.scatter + scatter + torch.outer(delta, delta) * (self.n * n / total)
+        self.mean = self.mean + delta * (n / total)
+        self.n = total
+
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean, self.scatter / (self.n - 1)
+
+
+@torch.no_grad()
+def score_samples(judge, fake_batches, real: torch.Tensor) -> dict:
+    """cfid, label_entropy, confidence (and label_accuracy when labels are given) of the
+    generated images in `fake_batches`, an iterable of (images in [0, 1], labels or None),
+    scored one batch at a time: memory does not grow with the number of samples."""
+    fake = RunningGaussian()
+    hist = confidence = correct = asked = None
+    for images, labels in fake_batches:
+        for i in range(0, len(images), 1000):
+            x = images[i:i + 1000].to(judge.device).float()
+            features = judge.model.features(x)
+            probs = judge.model.out(features).softmax(1).cpu()
+            fake.add(features.cpu())
+            predicted = probs.argmax(1)
+            classes = probs.shape[1]
+            if hist is None:
+                hist, confidence = torch.zeros(classes, dtype=torch.float64), 0.0
+                correct, asked = torch.zeros(classes), torch.zeros(classes)
+            hist += torch.bincount(predicted, minlength=classes).double()
+            confidence += float(probs.max(1).values.double().sum())
+            if labels is not None:
+                y = labels[i:i + 1000].cpu()
+                asked += torch.bincount(y, minlength=classes).float()
+                correct += torch.bincount(y[predicted == y], minlength=classes).float()
     real_feats, _ = judge_outputs(judge, real)
-    predicted = fake_probs.argmax(1)
     out = {
-        "cfid": frechet_distance(gaussian_stats(fake_feats), gaussian_stats(real_feats)),
-        "label_entropy": label_entropy(predicted, fake_probs.shape[1]),
-        "confidence": float(fake_probs.max(1).values.mean()),
+        "cfid": frechet_distance(fake.stats(), gaussian_stats(real_feats)),
+        "label_entropy": label_entropy(hist),
+        "confidence": confidence / fake.n,
     }
-    if labels is not None:
-        labels = labels.cpu()
-        out["label_accuracy"] = float((predicted == labels).double().mean())
+    if asked.sum() > 0:
+        out["label_accuracy"] = float(correct.sum() / asked.sum())
         out["label_accuracy_per_class"] = [
-            float((predicted[labels == c] == c).double().mean()) if (labels == c).any() else None
-            for c in range(fake_probs.shape[1])
-        ]
+            float(c / a) if a > 0 else None for c, a in zip(correct, asked)]
     return out

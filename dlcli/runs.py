@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -12,7 +13,9 @@ RUNS_ROOT = Path("runs")
 
 
 def new_run_dir(model: str, run_dir=None, root: Path = RUNS_ROOT) -> Path:
-    """Claim a new run folder. An explicit --run-dir must be new or empty."""
+    """Claim a new run folder. An explicit --run-dir must be new or empty, and is claimed
+    by creating its config.yaml exclusively (training writes the real one over it): of two
+    runs started together on one folder, one gets it and the other is refused."""
     if run_dir is not None:
         path = Path(run_dir)
         if path.exists() and not path.is_dir():
@@ -20,6 +23,11 @@ def new_run_dir(model: str, run_dir=None, root: Path = RUNS_ROOT) -> Path:
         if path.exists() and any(path.iterdir()):
             raise DlcliError(f"--run-dir {path} exists and is not empty; runs are never overwritten")
         path.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(path / "config.yaml", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            raise DlcliError(f"--run-dir {path} was just claimed by another run; runs are "
+                             "never overwritten") from None
         return path
     base = root / model
     base.mkdir(parents=True, exist_ok=True)

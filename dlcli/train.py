@@ -87,24 +87,31 @@ class MetricsLog:
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) or a polite kill (SIGTERM: `timeout`, a job scheduler) asks the loop
-    to stop after the current step, save, and exit 128 + the signal number: a signal
-    arriving inside an optimizer step must not leave half-updated weights behind. A second
-    signal aborts at once (the last epoch's checkpoint is still intact)."""
+    """Ctrl-C (SIGINT), a polite kill (SIGTERM: `timeout`, a job scheduler) or a closed
+    terminal (SIGHUP) asks the loop to stop after the current step, save, and exit 128 +
+    the signal number: a signal arriving inside an optimizer step must not leave
+    half-updated weights behind. A second signal aborts at once (the last epoch's
+    checkpoint is still intact). Under torchrun the launcher passes each signal on to
+    every worker, and the workers agree on the step to stop after (see fit)."""
 
-    def __init__(self, distributed: bool = False):
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self):
         self.requested = False
         self.signum = None
         self.previous = {}
-        # under torchrun a SIGTERM is torchrun shutting the workers down: let it
-        self.signals = (signal.SIGINT,) if distributed else (signal.SIGINT, signal.SIGTERM)
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested, self.signum = True, signum
-        again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
-        console.print(f"stopping after this step to save a checkpoint ({again} again to abort)")
+        if signum == signal.SIGINT:  # someone at a terminal, who may want to abort instead
+            console.print("stopping after this step to save a checkpoint (Ctrl-C again to abort)")
+
+    def agreed(self, d: Dist) -> bool:
+        """Whether to stop now: asked of every rank after each step, as one rank may get
+        the signal a step before another; alone, whether a signal came."""
+        return distributed.any_rank(self.requested, d) if d.active else self.requested
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -163,11 +170,13 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
         global_step, best = resume.step, state.get("best")
         notice(f"resuming {resume.path} at epoch {start_epoch + 1}, step {global_step}")
     modules = list(task.modules.values())
+    stop = StopRequest()
     if d.active:
         distributed.broadcast_modules(modules, d)
         distributed.average_gradients_before_steps(task.optimizers.values(), d)
         if not d.main:
-            return _follow(task, start_epoch, skip, d, autocast)
+            with stop:
+                return _follow(task, start_epoch, skip, d, autocast, stop)
 
     log = MetricsLog(run_dir / "metrics.jsonl")
     last, best_path = run_dir / "last.safetensors", run_dir / "best.safetensors"
@@ -183,7 +192,6 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
                         epoch=epoch_done, step=global_step, metrics=metrics, state=state,
                         extra={**task.checkpoint_extra(), **where, **origin})
 
-    stop = StopRequest(distributed=d.active)
     epoch = start_epoch
     try:
         with stop, _progress() as progress:
@@ -220,8 +228,9 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
                         shown = " ".join(f"{k} {v / steps:.4g}" for k, v in list(sums.items())[:3])
                         progress.update(bar, completed=i + 1,
                                         info=f"{shown} {rate:,.0f} {task.item_name}/s")
-                    if stop.requested and i + 1 < len(batches) and not d.active:
+                    if i + 1 < len(batches) and stop.agreed(d):
                         save(epoch, i + 1)  # mid-epoch: a resume skips the batches seen
+                        distributed.barrier(d)
                         raise Interrupted(last, stop.signum)
                 seconds = time.perf_counter() - t0
                 progress.remove_task(bar)
@@ -245,7 +254,8 @@ def fit(task, run_dir: Path | None, resume=None, dist_info: Dist = Dist(),
                 if improved:
                     atomic_write(best_path, lambda tmp: shutil.copyfile(last, tmp))
                 plot_metrics(run_dir, task.monitor)
-                if stop.requested and epoch + 1 < epochs and not d.active:
+                if epoch + 1 < epochs and stop.agreed(d):
+                    distributed.barrier(d)
                     raise Interrupted(last, stop.signum)
                 if getattr(task, "done", False) and not d.active:
                     break
@@ -284,20 +294,25 @@ def summary(run_dir: Path, epochs_run: int, seconds: float, monitor: str | None 
     return "\n".join(lines)
 
 
-def _follow(task, start_epoch: int, skip: int, d: Dist, autocast) -> None:
-    """The loop of ranks other than 0: the same steps on their own shard, no output."""
+def _follow(task, start_epoch: int, skip: int, d: Dist, autocast, stop) -> None:
+    """The loop of ranks other than 0: the same steps on their own shard, no output; and
+    the same agreement on when to stop (rank 0 saves, then every rank exits alike)."""
     for epoch in range(start_epoch, task.config["epochs"]):
         task.train_mode(True)
         batches = distributed.Shard(task.train_batches(epoch), d)
         for i in range(skip, len(batches)):
             with autocast:
                 task.train_step(batches[i])
+            if i + 1 < len(batches) and stop.agreed(d):
+                distributed.barrier(d)  # rank 0 has saved
+                raise Interrupted(None, stop.signum)
         skip = 0
         task.train_mode(False)
         distributed.average_floating_state(list(task.modules.values()), d)
+        if epoch + 1 < task.config["epochs"] and stop.agreed(d):
+            distributed.barrier(d)
+            raise Interrupted(None, stop.signum)
     return None
-
-
 
 
 def resolve_precision(device: torch.device, precision: str, convolutional: bool = False) -> str:
@@ -505,6 +520,43 @@ def check_resumable(ckpt, epochs: int) -> None:
                          f"more with --epochs (more than {ckpt.epoch})")
 
 
+def continues_its_run(ckpt) -> bool:
+    """Whether resuming `ckpt` may carry on in its run folder: only from the run's newest
+    checkpoint (last.safetensors, or a copy of it such as best.safetensors). From an older
+    one, training on there would overwrite the newer checkpoint and write a second
+    timeline into metrics.jsonl, so it goes to a new run folder instead, and says so."""
+    folder = ckpt.path.parent
+    if not (folder / "metrics.jsonl").is_file():
+        return False  # not a run folder: a checkpoint the user keeps elsewhere
+    last = folder / "last.safetensors"
+    if last.is_file() and last.resolve() == ckpt.path.resolve():
+        return True
+    if last.is_file():
+        newest = load_checkpoint(last, tensors=False)
+        if (newest.epoch, newest.step, newest.batch) == (ckpt.epoch, ckpt.step, ckpt.batch):
+            return True
+        notice(f"{ckpt.path} is not the newest checkpoint of its run ({last} is at epoch "
+               f"{newest.epoch}, step {newest.step}); continuing in a new run folder, so "
+               "that one is kept")
+    return False
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the records metrics.jsonl holds past the checkpoint resumed from (logged by a
+    run killed before its next save): a resumed run writes them anew, and one file must
+    tell one story."""
+    def logged_at(line: str) -> int:
+        try:
+            return int(json.loads(line).get("step", 0))
+        except (ValueError, TypeError, AttributeError):
+            return 0  # not a record of ours: left as it is
+
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if logged_at(line) <= step]
+    if len(kept) != len(lines):
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept), encoding="utf-8"))
+
+
 def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=None,
           resume_path=None, precision: str | None = None, compile: bool = False) -> Path | None:
     """Build the task, claim the run folder (rank 0), and fit. Returns the checkpoint path
@@ -520,6 +572,10 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
     resume = load_checkpoint(resume_path, expect_model=spec.name) if resume_path else None
     if resume is not None:  # checked before any folder is claimed or file written
         check_resumable(resume, config["epochs"])
+        spec.load_task().check_checkpoint(resume)
+        if not {"task", "rng", "batch"} <= resume.state.keys():
+            raise DlcliError(f"{resume.path}: its training state is not what dlcli writes (a "
+                             "damaged or edited checkpoint)")
     task, precision = prepare_task(spec, config, dev, data_dir, resume, precision)
     if compile:
         compile_modules(task.modules)
@@ -532,8 +588,9 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
     folder, provenance = None, None
     if d.main:
         provenance = run_provenance(task, precision)
-        if resume is not None and run_dir is None and (resume.path.parent / "metrics.jsonl").is_file():
+        if resume is not None and run_dir is None and continues_its_run(resume):
             folder = resume.path.parent  # carry on in the run folder the checkpoint came from
+            keep_metrics_until(folder / "metrics.jsonl", resume.step)
         else:  # --run-dir, a fresh run, or a checkpoint kept elsewhere: never write next to it
             folder = new_run_dir(spec.name, run_dir)
         notice(f"run folder: {folder}")

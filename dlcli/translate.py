@@ -20,6 +20,10 @@ from dlcli.errors import DlcliError
 
 BATCH_TOKENS = 6000  # source tokens x beam per decoding batch
 MAX_BATCH = 200  # sentences per batch
+# A line is cut to this many characters per source position before it is tokenized: far
+# more than any real sentence that fits the model, and the tokenizer's memory grows with
+# the line (a 50 MB line took gigabytes) though only the first positions are used.
+CHARS_PER_POSITION = 64
 
 
 @dataclass
@@ -127,10 +131,19 @@ class Translator:
     def __init__(self, model, tokenizer, alpha: float = 0.6):
         self.model, self.tokenizer, self.alpha = model, tokenizer, alpha
         self.max_positions, self.max_source = model.max_positions, model.max_positions - 1
-        self.warned_unknown = False
+        self.max_chars = CHARS_PER_POSITION * self.max_source
+        self.warned_unknown = self.warned_long = False
 
     def encode_sources(self, sentences: list[str], line_numbers=None) -> list[list[int]]:
         rows = []
+        for i, sentence in enumerate(sentences):
+            if len(sentence) > self.max_chars:
+                if not self.warned_long:
+                    line = line_numbers[i] if line_numbers else i + 1
+                    warn(f"line {line}: more than {self.max_chars:,} characters; translating "
+                         f"its first {self.max_chars:,} (further such lines are not reported)")
+                    self.warned_long = True
+                sentences = sentences[:i] + [sentence[:self.max_chars]] + sentences[i + 1:]
         encodings = self.tokenizer.encode_batch(sentences, add_special_tokens=False)
         for i, encoding in enumerate(encodings):
             ids = encoding.ids
@@ -251,9 +264,11 @@ def plot_attention(weights: torch.Tensor, src_tokens: list[str], tgt_tokens: lis
 
 # ---- reading stdin --------------------------------------------------------------------
 
-def stdin_batches(stream=None, max_lines: int = MAX_BATCH):
+def stdin_batches(stream=None, max_lines: int = MAX_BATCH, max_line_bytes: int = 1 << 20):
     """Lists of lines from stdin: all the complete lines already there, without waiting
-    for more, so a pipeline streams and an interactive user gets each line answered."""
+    for more, so a pipeline streams and an interactive user gets each line answered. A
+    line is kept to its first max_line_bytes (at a character boundary), so memory stays
+    flat however long a line is."""
     stream = stream or sys.stdin.buffer
     try:
         fd = stream.fileno()
@@ -263,18 +278,36 @@ def stdin_batches(stream=None, max_lines: int = MAX_BATCH):
         for i in range(0, len(lines), max_lines):
             yield lines[i:i + max_lines]
         return
-    pending, eof = b"", False
+    pending, eof, cut = bytearray(), False, False
+
+    def take(chunk: bytes) -> None:
+        nonlocal cut
+        if cut:  # the rest of a line over budget: dropped up to its newline
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                return
+            chunk, cut = chunk[newline:], False
+        pending.extend(chunk)
+        start = pending.rfind(b"\n") + 1
+        if len(pending) - start > max_line_bytes:
+            end = start + max_line_bytes
+            while end > start and pending[end] & 0xC0 == 0x80:  # inside a UTF-8 character
+                end -= 1
+            del pending[end:]
+            cut = True
+
     while not eof:
         chunk = os.read(fd, 1 << 16)  # blocks until something arrives
         eof = not chunk
-        pending += chunk
+        take(chunk)
         while not eof and pending.count(b"\n") < max_lines and select.select([fd], [], [], 0)[0]:
             chunk = os.read(fd, 1 << 16)
             eof = not chunk
-            pending += chunk
-        *lines, pending = pending.split(b"\n")
-        if eof and pending:  # a last line without a newline
-            lines.append(pending)
+            take(chunk)
+        *lines, last = bytes(pending).split(b"\n")
+        pending[:] = last
+        if eof and last:  # a last line without a newline
+            lines.append(last)
         for i in range(0, len(lines), max_lines):
             yield lines[i:i + max_lines]
 
@@ -324,7 +357,8 @@ def run_translate(spec, texts, *, checkpoint=None, beam: int = 4, max_len=None, 
     else:
         decode_line = LineDecoder()
         batches = ([decode_line(raw, number + i + 1) for i, raw in enumerate(lines)]
-                   for number, lines in _numbered(stdin_batches()))
+                   for number, lines in _numbered(stdin_batches(
+                       max_line_bytes=4 * translator.max_chars + 4)))  # 4: UTF-8's widest
     index = 0
     for lines in batches:
         results = translator.translate(lines, beam=beam, max_len=max_len, n_best=n_best,

@@ -222,10 +222,14 @@ def train_tokenizer(texts, vocab_size: int):
     return tok
 
 
-def tokenizer_from_json(text: str):
+def tokenizer_from_json(text: str, source="the checkpoint"):
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_str(text)
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as e:  # noqa: BLE001 -- the Rust parser raises a plain Exception
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DlcliError(f"{source}: its tokenizer is not a valid tokenizer ({first})") from None
 
 
 def encode(tokenizer, sentences: list[str]) -> list[list[int]]:

@@ -146,6 +146,11 @@ class Task:
         """Extra metadata strings saved with every checkpoint (a tokenizer, say)."""
         return {}
 
+    @classmethod
+    def check_checkpoint(cls, ckpt) -> None:
+        """Refuse, before building, metadata that does not fit the checkpoint's tensors
+        (a tokenizer far larger than the embedding it came with, say)."""
+
     def train_mode(self, training: bool = True) -> None:
         for module in self.modules.values():
             module.train(training)
@@ -177,7 +182,11 @@ class Task:
 
     @classmethod
     def from_checkpoint(cls, spec, ckpt, device, data_dir=None) -> "Task":
-        task = cls(spec, ckpt.config, device, data_dir, meta=ckpt.meta, trains=False)
+        from dlcli.checkpoint import checked_config
+
+        config = checked_config(ckpt)  # before anything is built from it
+        cls.check_checkpoint(ckpt)
+        task = cls(spec, config, device, data_dir, meta=ckpt.meta, trains=False)
         task.checkpoint_path = ckpt.path
         ckpt.load_into(task.modules)
         task.train_mode(False)

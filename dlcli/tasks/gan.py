@@ -207,8 +207,8 @@ class GANTask(ImageTask):
         if judge is not None and len(fake) >= JUDGED_SAMPLES:
             from dlcli.metrics import judge_outputs, label_entropy
 
-            metrics["label_entropy"] = label_entropy(judge_outputs(judge, fake)[1].argmax(1),
-                                                     self.classes)
+            predicted = judge_outputs(judge, fake)[1].argmax(1)
+            metrics["label_entropy"] = label_entropy(torch.bincount(predicted, minlength=self.classes))
         self.validations += 1
         few_classes = metrics.get("label_entropy", math.inf) < 1.5
         warmed_up = self.validations > WARMUP_EPOCHS  # a first epoch's samples are still noise
@@ -306,9 +306,15 @@ class GANTask(ImageTask):
         judge = load_judge(classifier, self.device)
         self.setup_eval_data()
         g = torch.Generator().manual_seed(0)  # the same noise every evaluation
-        z = torch.randn(samples, self.config["latent_dim"], generator=g).to(self.device)
-        y = (torch.arange(samples, device=self.device) % self.classes) if self.conditional else None
-        fake = self.generate(z, y)
+
+        def batches(size: int = 1000):  # made as they are scored: memory stays flat
+            for start in range(0, samples, size):
+                n = min(size, samples - start)
+                z = torch.randn(n, self.config["latent_dim"], generator=g).to(self.device)
+                y = ((torch.arange(start, start + n, device=self.device) % self.classes)
+                     if self.conditional else None)
+                yield self.generate(z, y), y
+
         real = to_unit_float(self.test_data[0])[0]
-        scores = score_samples(judge, fake, real, labels=y)
-        return {**scores, "samples": samples, "judge": str(judge.checkpoint_path)}
+        return {**score_samples(judge, batches(), real), "samples": samples,
+                "judge": str(judge.checkpoint_path)}

@@ -85,6 +85,9 @@ def length_sorted(split: EncodedSplit, shuffle: torch.Tensor | None = None) -> t
     return order[torch.sort(key, stable=True).indices]
 
 
+EMBEDDING = "src_embed.weight"  # the Transformer's (source) embedding: a row per token
+
+
 class Seq2SeqTask(Task):
     item_name = "tok"
     monitor = "val_loss"
@@ -96,7 +99,7 @@ class Seq2SeqTask(Task):
         c = self.config
         self.corpus = None
         if "tokenizer" in self.meta:
-            self.tokenizer = text.tokenizer_from_json(self.meta["tokenizer"])
+            self.tokenizer = text.tokenizer_from_json(self.meta["tokenizer"])  # checked before
         else:
             self.corpus = text.load_corpus(c, self.data_dir)
             sources, targets = self.corpus.splits["train"]
@@ -118,6 +121,21 @@ class Seq2SeqTask(Task):
 
     def checkpoint_extra(self) -> dict[str, str]:
         return {"tokenizer": self.tokenizer.to_str()}
+
+    @classmethod
+    def check_checkpoint(cls, ckpt) -> None:
+        """The tokenizer parses, and its vocabulary is the embedding's: the model is built
+        from the vocabulary size, so a forged one could ask for gigabytes before the
+        weights were found not to fit."""
+        if "tokenizer" not in ckpt.meta:
+            raise DlcliError(f"{ckpt.path}: a transformer checkpoint without its tokenizer")
+        vocab = text.tokenizer_from_json(ckpt.meta["tokenizer"], ckpt.path).get_vocab_size()
+        embedding = ckpt.tensors.get(f"model/model/{EMBEDDING}")
+        rows = embedding.shape[0] if embedding is not None else None
+        if rows is not None and vocab != rows:
+            raise DlcliError(f"{ckpt.path}: its tokenizer has {vocab:,} tokens but tensor "
+                             f"model/model/{EMBEDDING} has {rows:,} rows; the two do not belong "
+                             "together")
 
     def translator(self):
         from dlcli.translate import Translator

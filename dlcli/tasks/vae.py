@@ -176,10 +176,11 @@ class VAETask(ImageTask):
         for temperature in dict.fromkeys([self.config["temperature"], 1.0]):
             state = torch.get_rng_state()
             torch.manual_seed(EVAL_SEED)
-            fake = torch.cat([self.decode_prior(labels[i:i + 1000], temperature=temperature)
-                              for i in range(0, samples, 1000)])
+            scores = score_samples(judge, ((self.decode_prior(labels[i:i + 1000],
+                                                              temperature=temperature),
+                                            labels[i:i + 1000])
+                                           for i in range(0, samples, 1000)), real)
             torch.set_rng_state(state)
-            scores = score_samples(judge, fake, real, labels)
             suffix = "" if not out else f"_temperature_{temperature:g}"
             out.update({f"label_accuracy{suffix}": scores["label_accuracy"],
                         f"label_accuracy_per_digit{suffix}": scores["label_accuracy_per_class"],
