@@ -172,8 +172,8 @@ class CT2Translator(Translator):
 
     def __init__(self, engine, tokenizer, max_positions: int, alpha: float, keep=None):
         self.engine, self.tokenizer, self.alpha = engine, tokenizer, alpha
-        self.max_positions, self.max_source = max_positions, max_positions - 1
-        self.warned_unknown = False
+        self.max_positions = max_positions
+        self.warned_unknown = self.warned_long = False
         self.vocabulary = vocabulary_of(tokenizer)
         self.keep = keep  # a temporary folder the engine reads from, removed with us
 

@@ -11,6 +11,7 @@ import os
 import select
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -130,9 +131,17 @@ def beam_search(model, src, beam: int, max_len: int, alpha: float, n_best: int =
 class Translator:
     def __init__(self, model, tokenizer, alpha: float = 0.6):
         self.model, self.tokenizer, self.alpha = model, tokenizer, alpha
-        self.max_positions, self.max_source = model.max_positions, model.max_positions - 1
-        self.max_chars = CHARS_PER_POSITION * self.max_source
+        self.max_positions = model.max_positions
         self.warned_unknown = self.warned_long = False
+
+    @property
+    def max_source(self) -> int:
+        return self.max_positions - 1
+
+    @property
+    def max_chars(self) -> int:
+        """Characters of a line worth tokenizing: the rest could never fit the positions."""
+        return CHARS_PER_POSITION * self.max_source
 
     def encode_sources(self, sentences: list[str], line_numbers=None) -> list[list[int]]:
         rows = []
@@ -346,7 +355,11 @@ def run_translate(spec, texts, *, checkpoint=None, beam: int = 4, max_len=None, 
             raise DlcliError("--attention reads the PyTorch model's weights: use --engine torch")
         from dlcli.ct2 import load_translator
 
-        translator = load_translator(resolve_checkpoint(spec.name, checkpoint), device)
+        # an exported CTranslate2 folder is taken as it is, not as a run folder
+        exported = checkpoint is not None and Path(checkpoint).is_dir() and not any(
+            (Path(checkpoint) / name).is_file() for name in ("best.safetensors", "last.safetensors"))
+        translator = load_translator(Path(checkpoint) if exported
+                                     else resolve_checkpoint(spec.name, checkpoint), device)
     else:
         ckpt = load_checkpoint(resolve_checkpoint(spec.name, checkpoint), expect_model=spec.name)
         task = spec.load_task().from_checkpoint(spec, ckpt, pick_device(device))

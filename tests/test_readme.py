@@ -129,6 +129,25 @@ COMMANDS = [
     Command("dlcli train transformer --data pairs.tsv",
             run="printf '%s\\t%s\\n' a b c d e f g h i j k l m n o p q r s t > pairs.tsv && "
                 f"dlcli train transformer --data pairs.tsv {TINY_TRANSFORMER}", out=PATH_OUT, slow=True),
+    # Export and predict: the same commands on small models in tests/test_export.py
+    Command("pip install 'dlcli[export]'", skip="the dev extra installs it"),
+    Command("dlcli export runs/cgan/RUN/best.safetensors --format onnx",
+            skip="tests/test_export.py exports every image family to ONNX"),
+    Command("dlcli export runs/vae/RUN/best.safetensors --format onnx --part encoder",
+            skip="tests/test_export.py exports a VAE's encoder"),
+    Command("dlcli export runs/cnn/RUN/best.safetensors --format torchscript",
+            skip="tests/test_export.py exports TorchScript"),
+    Command("dlcli export runs/vae/RUN/last.safetensors --format safetensors",
+            skip="tests/test_export.py writes and evaluates a weights-only checkpoint"),
+    Command("dlcli export runs/transformer/RUN/best.safetensors --format ctranslate2 --quantize int8",
+            skip="tests/test_export.py converts a numbers Transformer to CTranslate2"),
+    Command("dlcli translate --engine ctranslate2 --checkpoint runs/transformer/RUN/best-ctranslate2 "
+            "--beam 4 < de.txt",
+            skip="needs the Multi30k model; CTranslate2 decoding is in tests/test_export.py"),
+    Command("dlcli predict runs/cnn/RUN/best.safetensors digit.jpg scan.png",
+            skip="tests/test_export.py predicts digits from image files"),
+    Command("ls photos/*.png | dlcli predict runs/cnn/RUN/best.safetensors --json",
+            skip="tests/test_export.py predicts digits from image files"),
     # Benchmarks
     Command("python benchmarks/suite.py --data-dir ../shared/data", skip="minutes; a benchmark"),
     Command("python benchmarks/vae.py --data-dir ../shared/data", skip="minutes; a benchmark"),
