@@ -73,7 +73,7 @@ def noise_port(name: str, size: int, values: str) -> Port:
 
 class Wrapped(nn.Module):
     """A network's forward written as a function over the modules it uses (registered here,
-    so tracing sees their weights and .eval() reaches them)."""
+    so tracing sees their weights and switching to inference mode reaches them)."""
 
     def __init__(self, forward, **modules: nn.Module):
         super().__init__()
