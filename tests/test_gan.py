@@ -112,7 +112,9 @@ def test_pack_must_divide_the_batch(cli, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("model,extra", [("cgan", {}), ("dcgan", {"precision": "bf16"})])
+# dcgan under bf16 also checks autocast state survives a resume; it is the slowest (`-m slow`)
+@pytest.mark.parametrize("model,extra", [
+    ("cgan", {}), pytest.param("dcgan", {"precision": "bf16"}, marks=pytest.mark.slow)])
 def test_resume_is_exact(tmp_path, model, extra):
     """2 epochs straight == 1 epoch + resume: both optimizers, the RNG stream and the EMA
     come back, and the fixed-noise grid does not disturb the global RNG. dcgan under bf16
