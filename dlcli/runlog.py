@@ -141,9 +141,10 @@ class Run:
         run = cls(Path(path))
         config_file, metrics_file = run.path / "config.yaml", run.path / "metrics.jsonl"
         if config_file.is_file():
-            try:
-                config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            try:  # YAML's dates become strings: the config is shown as JSON too
+                config = json.loads(json.dumps(yaml.safe_load(config_file.read_text(encoding="utf-8")),
+                                               default=str))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, ValueError, RecursionError):
                 config = "unreadable"
             if isinstance(config, dict):
                 run.config = config
@@ -180,7 +181,12 @@ class Run:
 
     @property
     def model(self) -> str:
-        return str(self.config.get("model") or self.path.parent.name)
+        """As the config says; else as the folder says (runs/<model>/<name>/), if it can."""
+        from dlcli.registry import list_models
+
+        named = self.path.parent.name
+        return str(self.config.get("model")
+                   or (named if named in {s.name for s in list_models()} else "?"))
 
     @property
     def dataset(self) -> str:
@@ -241,8 +247,11 @@ class Run:
         if any(not finite_number(v) for r in self.records for k, v in r.items()
                if isinstance(v, float)):
             return "diverged"  # a NaN or infinity made it into the log
-        if self.records and not any((self.path / n).is_file() for n in CHECKPOINTS):
-            return "diverged"  # stopped by a bad loss before its first checkpoint
+        if ((self.path / "metrics.jsonl").is_file()
+                and not any((self.path / n).is_file() for n in CHECKPOINTS)):
+            # training began but never saved: a bad loss stops a run so before epoch 1 ends
+            # (Ctrl-C and SIGTERM save first; only a hard kill looks the same)
+            return "diverged"
         return "interrupted"  # killed, stopped by a signal, or its process is gone
 
     @functools.cached_property
@@ -473,7 +482,7 @@ def render_show(run: Run) -> None:
         c.print("no epoch finished yet: metrics.jsonl holds no epoch record")
         return
     keys = list(dict.fromkeys(k for r in history for k in r if k != "kind"))
-    table = Table(*keys, box=None)
+    table = Table(*map(escape, keys), box=None)
     for r in history:
         table.add_row(*(shown(r.get(k)) for k in keys))
     c.print(table)
