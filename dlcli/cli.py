@@ -29,6 +29,9 @@ app = typer.Typer(
 presets_app = typer.Typer(help="The bundled YAML presets: list, show, copy, validate.",
                           no_args_is_help=False)
 app.add_typer(presets_app, name="presets")
+runs_app = typer.Typer(help="Past runs under ./runs: list them, show one, compare several.",
+                       no_args_is_help=False)
+app.add_typer(runs_app, name="runs")
 
 STATE = {"debug": False}
 MAX_SAMPLES = 100_000  # per `dlcli sample`: 300 MB of float32 pixels
@@ -574,6 +577,102 @@ def evaluate(
         if isinstance(v, dict):  # the data scored: said on stderr already
             continue
         out(f"{k:<16} {v:.4f}" if isinstance(v, float) else f"{k:<16} {v}")
+
+
+# ---- runs ---------------------------------------------------------------------------
+
+ROOT_HELP = "The folder that holds the runs (default ./runs)."
+
+
+@runs_app.callback(invoke_without_command=True, epilog=examples(
+    "dlcli runs", "dlcli runs --model mlp", "dlcli runs --json | jq -r '.[0].path'"))
+def runs_default(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Only the runs of this model.",
+                                        autocompletion=complete_model),
+    root: Optional[Path] = typer.Option(None, "--root", help=ROOT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Past runs, newest first: model, data, start, epochs, wall time, state, best metric."""
+    ctx.obj = {"root": root, "json": as_json}  # `dlcli runs --root R show RUN` keeps them
+    if ctx.invoked_subcommand is None:
+        runs_list(model, root, as_json)
+
+
+@runs_app.command("list", epilog=examples("dlcli runs list --model cvae",
+                                          "dlcli runs list --root ~/old-runs --json"))
+def runs_list(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Only the runs of this model.",
+                                        autocompletion=complete_model),
+    root: Optional[Path] = typer.Option(None, "--root", help=ROOT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Past runs, newest first (the same as `dlcli runs`)."""
+    from dlcli.runlog import check_root, list_runs, render_list
+
+    if model is not None:
+        get_spec(model)  # an unknown name: the valid ones
+    folder = check_root(root)
+    runs = list_runs(folder, model)
+    if as_json:
+        json_out([r.summary() for r in runs], indent=2)
+    elif runs:
+        render_list(runs)
+    else:
+        from dlcli.console import notice
+
+        which = f"{model} runs" if model else "runs"
+        notice(f"no {which} under {folder}; `dlcli train MODEL` makes one")
+
+
+def _runs_options(ctx: typer.Context, root: Optional[Path], as_json: bool):
+    """--root and --json given to this command, else to `dlcli runs` before it."""
+    given = ctx.obj or {}
+    return root or given.get("root"), as_json or given.get("json", False)
+
+
+@runs_app.command("show", epilog=examples("dlcli runs show runs/mlp/20260101-120000",
+                                          "dlcli runs show 20260101-120000 --json | jq .history"))
+def runs_show(
+    ctx: typer.Context,
+    run: str = typer.Argument(..., help="A run folder, or a run's name under --root."),
+    root: Optional[Path] = typer.Option(None, "--root", help=ROOT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """One run: its state, config (with provenance) and metrics, epoch by epoch."""
+    from dlcli.runlog import Run, check_root, render_show, resolve_run
+
+    root, as_json = _runs_options(ctx, root, as_json)
+    found = Run.read(resolve_run(run, check_root(root)))
+    if as_json:
+        json_out({**found.summary(), "config": found.config,
+                  "history": [{k: v for k, v in r.items() if k != "kind"} for r in found.epoch_records]},
+                 indent=2)
+    else:
+        render_show(found)
+
+
+@runs_app.command("compare", epilog=examples(
+    "dlcli runs compare runs/mlp/20260101-120000 runs/mlp/20260102-090000",
+    "dlcli runs compare runs/vae/* --json | jq .final"))
+def runs_compare(
+    ctx: typer.Context,
+    runs: List[str] = typer.Argument(..., help="Two or more run folders, or names under --root."),
+    root: Optional[Path] = typer.Option(None, "--root", help=ROOT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Runs side by side: the config keys that differ, and the final metrics."""
+    from dlcli.runlog import Run, check_root, compare, render_compare, resolve_run
+
+    if len(runs) < 2:
+        raise DlcliError("compare needs at least two runs; `dlcli runs show RUN` shows one")
+    root, as_json = _runs_options(ctx, root, as_json)
+    folder = check_root(root)
+    result = compare([Run.read(resolve_run(name, folder)) for name in runs])
+    if as_json:
+        json_out(result, indent=2)
+    else:
+        render_compare(result)
 
 
 # ---- export / predict ---------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from dlcli.errors import DlcliError
 
 RUNS_ROOT = Path("runs")
+STAMP = "%Y%m%d-%H%M%S"  # a run folder's name: the time it started, then -2, -3 on a clash
 
 
 def new_run_dir(model: str, run_dir=None, root: Path = RUNS_ROOT) -> Path:
@@ -31,7 +32,7 @@ def new_run_dir(model: str, run_dir=None, root: Path = RUNS_ROOT) -> Path:
         return path
     base = root / model
     base.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime(STAMP)
     for i in range(1, 1000):
         path = base / (stamp if i == 1 else f"{stamp}-{i}")
         try:

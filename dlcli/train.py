@@ -619,6 +619,7 @@ def prepare_task(spec, config: dict, dev: torch.device, data_dir, resume, precis
 def run_provenance(task, precision: str) -> dict:
     """Where a run came from, for config.yaml and every checkpoint: versions, the command
     line, the data and its SHA-256, the device and precision."""
+    import os
     import platform
     import shlex
     import sys
@@ -633,6 +634,7 @@ def run_provenance(task, precision: str) -> dict:
         "data": getattr(task, "data_source", ""), "data_sha256": task.data_sha256(),
         "device": device, "precision": precision,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pid": os.getpid(), "hostname": platform.node(),  # `dlcli runs` tells running from stale
     }
 
 
