@@ -268,7 +268,7 @@ def test_unreadable_files_are_skipped(tmp_path, capsys, monkeypatch):
             monkeypatch.setattr(decode.Image, "open", refuse)
         data = load(tmp_path / "u", image_size=8)
         assert len(data.images) == 4
-        assert "ant/locked.png (unreadable (permission denied))" in capsys.readouterr().err
+        assert "ant/locked.png (unreadable: permission denied)" in capsys.readouterr().err
     finally:
         locked.chmod(0o644)
 

@@ -51,7 +51,7 @@ def _why(error: Exception) -> str:
     if isinstance(error, UnidentifiedImageError):
         return "not an image"
     if isinstance(error, PermissionError):
-        return "unreadable (permission denied)"
+        return "unreadable: permission denied"
     if isinstance(error, OSError) and "truncated" in str(error):
         return "truncated"
     return f"broken ({type(error).__name__}: {str(error)[:60]})"
