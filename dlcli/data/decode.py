@@ -164,6 +164,8 @@ def decode_chunk(job) -> tuple[list[int], np.ndarray, np.ndarray, list[tuple[int
         except Exception as e:  # noqa: BLE001 -- a broken file is skipped, whatever broke
             failed.append((index, _why(e)))
     pixels = np.stack(rows) if rows else np.zeros((0, channels, height, width), np.uint8)
-    flat = pixels.reshape(len(rows), channels, -1).astype(np.int64)
-    sums = np.stack([flat.sum(-1), (flat * flat).sum(-1)], -1).astype(np.float64)
+    flat = pixels.reshape(len(rows), channels, -1)
+    wide = flat.astype(np.uint32)  # 255**2 fits; the sums are exact in 64 bits
+    sums = np.stack([flat.sum(-1, dtype=np.uint64), (wide * wide).sum(-1, dtype=np.uint64)], -1)
+    sums = sums.astype(np.float64)
     return done, pixels, sums, failed

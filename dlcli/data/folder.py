@@ -19,6 +19,7 @@ safely, too small, unreadable) are skipped with one warning that counts them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -156,32 +157,36 @@ def _workers() -> int:
         return max(1, cores or 1)
 
 
-def _map(fn, jobs: list, what: str, total: int, count=len):
-    """fn over jobs, in worker processes when there is enough work; results in job order,
-    yielded as they come (so the caller can stream them to disk)."""
+@contextlib.contextmanager
+def _pool(files: int):
+    """Worker processes for decoding, or None when one process is as quick."""
+    workers = _workers()
+    if workers <= 1 or files < IN_PROCESS_BELOW:
+        yield None
+        return
+    import multiprocessing
+
+    # forkserver/spawn: a clean child (a fork after torch's threads started can hang)
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = multiprocessing.get_context(method).Pool(workers)
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _map(pool, fn, jobs: list, what: str, total: int, count=len):
+    """fn over jobs, in the pool's processes if any; results in job order, yielded as they
+    come (so the caller can stream them to disk)."""
     from rich.progress import Progress
 
-    workers = min(_workers(), len(jobs))
+    results = map(fn, jobs) if pool is None else pool.imap(fn, jobs)
     with Progress(*Progress.get_default_columns(), console=console, transient=True) as progress:
         bar = progress.add_task(what, total=total)
-        if workers <= 1 or total < IN_PROCESS_BELOW:
-            results = map(fn, jobs)
-            pool = None
-        else:
-            import multiprocessing
-
-            # forkserver/spawn: a clean child (fork after torch's threads started can hang)
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            pool = multiprocessing.get_context(method).Pool(workers)
-            results = pool.imap(fn, jobs)
-        try:
-            for job, result in zip(jobs, results):
-                progress.advance(bar, count(job))
-                yield result
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+        for job, result in zip(jobs, results):
+            progress.advance(bar, count(job))
+            yield result
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -226,8 +231,13 @@ def build_cache(root: Path, entries: list[Entry], classes: list[str], broken: li
                 prefs: dict, target: Path) -> None:
     """Decode every file into target/ (pixels.u8, stats.f64, index.json), atomically: it is
     written as a sibling folder and renamed into place when complete."""
+    with _pool(len(entries)) as pool:
+        _build(pool, root, entries, classes, broken, prefs, target)
+
+
+def _build(pool, root, entries, classes, broken, prefs, target) -> None:
     paths = [e.path for e in entries]
-    probes = [p for chunk in _map(images_decode.probe_chunk, _chunks(paths, 64),
+    probes = [p for chunk in _map(pool, images_decode.probe_chunk, _chunks(paths, 64),
                                   f"reading {len(paths):,} image headers", len(paths))
               for p in chunk]
     skipped = list(broken)
@@ -254,7 +264,7 @@ def build_cache(root: Path, entries: list[Entry], classes: list[str], broken: li
         jobs = [([i for i, _ in chunk], [e.path for _, (e, _) in chunk], height, width, channels,
                  prefs["resize"]) for chunk in _chunks(list(enumerate(usable)), per_job)]
         rows, kept, sums = 0, [], []
-        for done, decoded, stats, failed in _map(images_decode.decode_chunk, jobs,
+        for done, decoded, stats, failed in _map(pool, images_decode.decode_chunk, jobs,
                                                  f"decoding {len(usable):,} images", len(usable),
                                                  count=lambda job: len(job[0])):
             pixels[rows:rows + len(done)] = decoded.reshape(len(done), row_bytes)
