@@ -116,9 +116,10 @@ def scan(root: Path) -> tuple[list[Entry], list[str], list[tuple[str, str]]]:
             loose += sum(1 for p in tree.iterdir() if p.is_file() and not p.name.startswith("."))
         else:
             groups = [(0, tree)]
+        prefix = len(str(root)) + 1  # a file's path inside root (relpath is slow for 100,000)
         for label, folder in groups:
             for path, info in _walk(folder, seen, loops):
-                rel = os.path.relpath(path, root)
+                rel = path[prefix:]
                 if info is None:
                     broken.append((rel, "broken link"))
                 else:
