@@ -278,7 +278,8 @@ def test_unreadable_files_are_skipped(tmp_path, capsys, monkeypatch):
 def test_second_run_memory_maps_the_cache_and_a_change_decodes_again(tmp_path, monkeypatch, capsys):
     root = two_classes(tmp_path / "pics", 3)
     first = load(root, image_size=8)
-    caches = list((tmp_path / "cache" / "dlcli" / "images").iterdir())
+    cache = tmp_path / "cache" / "dlcli" / "images"
+    caches = [p for p in cache.iterdir() if p.is_dir()]
     assert len(caches) == 1 and (caches[0] / "pixels.u8").stat().st_size == 6 * 3 * 8 * 8
 
     def no_decoding(job):
@@ -288,14 +289,17 @@ def test_second_run_memory_maps_the_cache_and_a_change_decodes_again(tmp_path, m
         m.setattr(folder.images_decode, "decode_chunk", no_decoding)
         second = load(root, image_size=8)
     assert torch.equal(first.images, second.images) and first.sha256 == second.sha256
+    left_behind = cache / (caches[0].name.split("-")[0] + "-0123.part-1")  # by a killed run
+    left_behind.mkdir()
     noise(root / "ant" / "new.png", seed=99)
     capsys.readouterr()
     third = load(root, image_size=8)
     assert len(third.images) == 7 and third.sha256 != first.sha256
     assert "changed since it was decoded" in capsys.readouterr().err
-    assert len(list((tmp_path / "cache" / "dlcli" / "images").iterdir())) == 1  # the stale one went
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # the stale ones went
+    assert not left_behind.exists()
     load(root, image_size=16)  # another size: its own cache, beside the first
-    assert len(list((tmp_path / "cache" / "dlcli" / "images").iterdir())) == 2
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
 
 
 def test_worker_processes_decode_the_same_bytes(tmp_path, monkeypatch):

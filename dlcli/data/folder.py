@@ -145,6 +145,22 @@ def _prefs(config: dict) -> dict:
     return prefs
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock on path (waiting for it) where the system has flock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; a second decoder's result is simply not used
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _digest(*parts) -> str:
     return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()
 
@@ -208,6 +224,9 @@ def _choose_shape(root: Path, probes: list, prefs: dict) -> tuple[int, int, int]
         height = width = prefs["image_size"]
     elif len(sizes) == 1:
         height, width = sizes.pop()
+        if max(height, width) > 512:
+            notice(f"{root}: keeping the images' own size, {width}x{height}, which is large for "
+                   "these models and their cache; set image_size (e.g. 64) to shrink them")
     else:
         examples = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:3])
         notice(f"{root}: the images differ in size ({examples}, ...); making them "
@@ -361,12 +380,15 @@ def load_folder(config: dict) -> ImageData:
     images_dir = cache_dir() / "images"
     target = images_dir / f"{where}-{files}"
     if not (target / "index.json").is_file():
-        older = [p for p in images_dir.glob(f"{where}-*") if ".part-" not in p.name]
-        if older:
-            notice(f"{root} changed since it was decoded; decoding it again")
-        build_cache(root, entries, classes, broken, prefs, target)
-        for old in older:  # the folder's previous state, decoded the same way: stale now
-            shutil.rmtree(old, ignore_errors=True)
+        images_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(images_dir / f"{where}.lock"):  # one decoder (DDP ranks start together)
+            if not (target / "index.json").is_file():
+                older = list(images_dir.glob(f"{where}-*"))  # finished, or left by a killed run
+                if any(".part-" not in p.name for p in older):
+                    notice(f"{root} changed since it was decoded; decoding it again")
+                build_cache(root, entries, classes, broken, prefs, target)
+                for old in older:  # the folder's previous state, decoded the same way: stale
+                    shutil.rmtree(old, ignore_errors=True)
     try:
         index = json.loads((target / "index.json").read_text(encoding="utf-8"))
         channels, height, width = index["shape"]
