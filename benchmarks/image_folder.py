@@ -9,6 +9,8 @@ ImageFolder, then reports, each measured in a fresh process:
                  the whole process's wall time (Python and torch start-up included)
   batches        peak RssAnon (anonymous memory, the part that cannot be paged back to
                  the file) while iterating one epoch of shuffled batches, as training does
+  feed           images/s in float batches of 128, no training: dlcli's cache against
+                 torchvision's ImageFolder + DataLoader (when torchvision is installed)
 With --train it also times `dlcli train dcgan --preset dcgan-64 --data DIR`'s network
 fed by dlcli (its task's own batches) against the same network fed the way
 pytorch/examples' DCGAN feeds it (torchvision ImageFolder with Resize + CenterCrop +
@@ -16,7 +18,8 @@ ToTensor, a DataLoader with 2 workers, float32, plain Adam), in alternating roun
 run. torchvision is needed only for that (a benchmark-only dependency).
 
 Usage:  python benchmarks/image_folder.py [--out /tmp/dlcli-faces] [--n 100000]
-        [--image-size 64] [--workers 2] [--train] [--seconds 60] [--json FILE]
+        [--image-size 64] [--workers 2] [--feed-seconds 20] [--train] [--seconds 60]
+        [--json FILE]
 """
 
 from __future__ import annotations
@@ -117,6 +120,49 @@ def run_load(folder: Path, image_size: int, cache: Path, workers: int, mode: str
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "process_s": wall}
 
 
+def feed_side_by_side(folder: Path, image_size: int, seconds: float, workers: int) -> dict:
+    """Images per second in float batches of 128, no training: dlcli's memory-mapped cache
+    indexed per batch against pytorch/examples' ImageFolder + DataLoader (decoding every
+    JPEG every epoch in `workers` processes). Each side gets `seconds` after its first batch."""
+    import torch
+
+    from dlcli.data.images import load_image_data
+
+    try:
+        from torchvision import datasets, transforms
+    except ImportError:
+        return {"feed": "skipped: torchvision is not installed (benchmark-only dependency)"}
+    data = load_image_data({"data": [str(folder)], "image_size": image_size, "seed": 0})
+
+    def ours():
+        while True:
+            order = data.train[torch.randperm(len(data.train))]
+            for start in range(0, len(order), 128):
+                yield data.images[order[start:start + 128]].float().div_(255)
+
+    folder_set = datasets.ImageFolder(str(folder), transforms.Compose([
+        transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()]))
+    loader = torch.utils.data.DataLoader(folder_set, batch_size=128, shuffle=True,
+                                         num_workers=workers, drop_last=True)
+
+    def theirs():
+        while True:
+            for batch, _ in loader:
+                yield batch
+
+    rates = {}
+    for name, source in (("dlcli", ours()), ("imagefolder", theirs())):
+        next(source)  # the first batch: worker start-up is not the steady rate
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            n += len(next(source))
+        rates[name] = n / (time.perf_counter() - t0)
+        source.close()
+    return {"feed_img_per_s_dlcli": round(rates["dlcli"]),
+            "feed_img_per_s_imagefolder": round(rates["imagefolder"]),
+            "feed_ratio": round(rates["dlcli"] / rates["imagefolder"], 1)}
+
+
 def train_side_by_side(folder: Path, seconds: float, workers: int) -> dict:
     """Training images/s of the dcgan-64 network: dlcli's own feed against ImageFolder +
     DataLoader, in alternating rounds (so a shared machine's load falls on both)."""
@@ -197,6 +243,8 @@ def main(argv=None) -> None:
                         help="processes for writing and decoding (default: every core)")
     parser.add_argument("--train", action="store_true", help="also time dcgan-64 training")
     parser.add_argument("--seconds", type=float, default=60.0, help="per side, with --train")
+    parser.add_argument("--feed-seconds", type=float, default=20.0,
+                        help="per side, for the batches-only comparison")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
     folder = args.out / f"n{args.n}"
@@ -215,8 +263,9 @@ def main(argv=None) -> None:
             rss_anon_peak_mib=round(batches["rss_anon_peak_mib"]),
             epoch_of_batches_s=round(batches["epoch_s"], 2),
             decoded=first["images"], shape=first["shape"])
+        os.environ["XDG_CACHE_HOME"] = cache  # the cache the loads above made
+        result.update(feed_side_by_side(folder, args.image_size, args.feed_seconds, args.workers))
         if args.train:
-            os.environ["XDG_CACHE_HOME"] = cache  # the cache the loads above made
             result.update(train_side_by_side(folder, args.seconds, args.workers))
     for key, value in result.items():
         print(f"{key:<28} {value}")

@@ -194,8 +194,10 @@ def load_cifar10(data_dir=None):
     from dlcli.tasks.base import sha256_of
 
     blobs, source = _find_or_fetch(data_dir)
-    train = [parse_batch(blobs[name], f"{source}: {name}") for name in TRAIN]
-    test_x, test_y = parse_batch(blobs[TEST], f"{source}: {TEST}")
+    meta = blobs.pop(META, None)
+    # popped as parsed: the raw bytes of a batch go once its tensors are made
+    train = [parse_batch(blobs.pop(name), f"{source}: {name}") for name in TRAIN]
+    test_x, test_y = parse_batch(blobs.pop(TEST), f"{source}: {TEST}")
     images = torch.cat([x for x, _ in train] + [test_x])
     labels = torch.cat([y for _, y in train] + [test_y])
     n = len(images) - len(test_x)
@@ -203,6 +205,6 @@ def load_cifar10(data_dir=None):
     if n != 50_000 or len(test_x) != 10_000:
         notice(f"CIFAR-10 from {source}: {n:,} training and {len(test_x):,} test images "
                "(the full set has 50,000 and 10,000)")
-    return ImageData("cifar10", info.shape, _class_names(blobs.get(META)), images, labels,
+    return ImageData("cifar10", info.shape, _class_names(meta), images, labels,
                      torch.arange(n), torch.arange(n, len(images)), source, info.mean, info.std,
                      sha256_of(images, labels))
