@@ -166,6 +166,34 @@ def test_exif_rotated_photos_are_turned_upright(tmp_path):
     assert red[:8].mean() > 200 and red[12:].mean() < 50  # the left half is now on top
 
 
+def test_big_jpegs_decoded_at_a_reduced_scale_match_a_full_decode(tmp_path):
+    """JPEGs much larger than image_size are decoded by libjpeg at 1/2, 1/4 or 1/8 scale
+    (draft mode): the result must still be the centre crop of the upright photo."""
+    from PIL import ImageOps
+
+    y, x = np.mgrid[0:300, 0:400]
+    smooth = np.stack([x * 255 // 400, y * 255 // 300, (x + y) * 255 // 700], -1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "big").mkdir()
+    Image.fromarray(smooth).save(tmp_path / "big" / "photo.jpg", exif=exif, quality=95)
+    got = load(tmp_path / "big", image_size=32).images[0].numpy().astype(int)
+    with Image.open(tmp_path / "big" / "photo.jpg") as full:  # upright, square crop, resize
+        upright = ImageOps.exif_transpose(full.convert("RGB"))
+        w, h = upright.size
+        side = min(w, h)
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        want = np.asarray(upright.resize((32, 32), Image.Resampling.BILINEAR, box=box)).transpose(2, 0, 1)
+    assert got.shape == (3, 32, 32) and np.abs(got - want).mean() < 3
+
+
+def test_folder_dataset_without_data_and_non_image_datasets_are_refused():
+    with pytest.raises(DlcliError, match="needs the folder: --data DIR"):
+        load_image_data({"dataset": "folder"})
+    with pytest.raises(DlcliError, match="not an image dataset"):
+        load_image_data({"dataset": "xor"})
+
+
 @pytest.mark.parametrize("resize,top_row", [("center-crop", 255), ("pad", 0), ("stretch", 255)])
 def test_resize_modes(tmp_path, resize, top_row):
     picture(tmp_path / "w" / "wide.png", size=(40, 20), color=(255, 255, 255))
@@ -212,6 +240,7 @@ def test_broken_files_are_skipped_with_one_warning_that_counts_them(tmp_path, ca
     picture(d / "dot.png", size=(1, 1))
     png_header_claiming(d / "bomb.png", 20_000, 20_000)
     os.symlink(d / "nowhere.png", d / "dangling.png")
+    (d / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: not even counted
     data = load(tmp_path / "bad", image_size=8)
     assert len(data.images) == 3
     err = capsys.readouterr().err
