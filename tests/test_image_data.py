@@ -344,6 +344,14 @@ def test_worker_processes_decode_the_same_bytes(tmp_path, monkeypatch):
     assert torch.equal(here.labels, pooled.labels)
 
 
+def test_a_worker_that_dies_is_an_error_not_a_hang(monkeypatch):
+    monkeypatch.setattr(folder, "IN_PROCESS_BELOW", 0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    with folder._pool(10) as pool, pytest.raises(DlcliError, match="worker process died"):
+        # os._exit(job): a decoder killed mid-job (a codec crash, the out-of-memory killer)
+        list(folder._map(pool, os._exit, [9, 9, 9], "decoding", 3, count=lambda job: 1))
+
+
 # ---- the config keys ---------------------------------------------------------------------
 
 def test_data_makes_the_dataset_a_folder_and_old_configs_still_read():

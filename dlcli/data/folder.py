@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import stat
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,28 +184,49 @@ def _pool(files: int):
         yield None
         return
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     # forkserver/spawn: a clean child (a fork after torch's threads started can hang)
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = multiprocessing.get_context(method).Pool(workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
     try:
         yield pool
     finally:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _map(pool, fn, jobs: list, what: str, total: int, count=len):
     """fn over jobs, in the pool's processes if any; results in job order, yielded as they
-    come (so the caller can stream them to disk)."""
+    come (so the caller can stream them to disk). A worker that dies (a codec crash, the
+    out-of-memory killer) is an error, not a hang: hence an executor, not Pool.imap."""
+    from concurrent.futures.process import BrokenProcessPool
+
     from rich.progress import Progress
 
-    results = map(fn, jobs) if pool is None else pool.imap(fn, jobs)
+    results = map(fn, jobs) if pool is None else _in_order(pool, fn, jobs)
     with Progress(*Progress.get_default_columns(), console=console, transient=True) as progress:
         bar = progress.add_task(what, total=total)
-        for job, result in zip(jobs, results):
-            progress.advance(bar, count(job))
-            yield result
+        try:
+            for job, result in zip(jobs, results):
+                progress.advance(bar, count(job))
+                yield result
+        except BrokenProcessPool:
+            raise DlcliError(f"a worker process died while {what} (out of memory?); try "
+                             "--threads 1, or a smaller image_size") from None
+
+
+def _in_order(pool, fn, jobs: list):
+    """pool.map, with at most a few jobs ahead of the one awaited: finished results wait
+    for a slow one in memory, so an unbounded map could hold the whole folder's pixels."""
+    ahead = deque()
+    upcoming = iter(jobs)
+    for job in itertools.islice(upcoming, 4 * _workers()):
+        ahead.append(pool.submit(fn, job))
+    while ahead:
+        result = ahead.popleft().result()
+        for job in itertools.islice(upcoming, 1):
+            ahead.append(pool.submit(fn, job))
+        yield result
 
 
 def _chunks(items: list, size: int) -> list[list]:
