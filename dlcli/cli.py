@@ -146,7 +146,8 @@ def datasets_command(
             shape = "from the images"
         names = r["classes"][:3] + (["..."] if len(r["classes"]) > 3 else [])
         classes = f"{len(r['classes'])}: {', '.join(names)}" if r["classes"] else ""
-        table.add_row(r["name"], r["kind"], shape, classes, r["found"] or "[dim]no[/dim]")
+        where = r["found"] or f"[dim]no; from {r['source']}[/dim]"  # where it would come from
+        table.add_row(r["name"], r["kind"], shape, classes, where)
     Console(soft_wrap=True).print(table)
 
 
