@@ -163,12 +163,14 @@ def feed_side_by_side(folder: Path, image_size: int, seconds: float, workers: in
             "feed_ratio": round(rates["dlcli"] / rates["imagefolder"], 1)}
 
 
-def train_side_by_side(folder: Path, seconds: float, workers: int) -> dict:
-    """Training images/s of the dcgan-64 network: dlcli's own feed against ImageFolder +
-    DataLoader, in alternating rounds (so a shared machine's load falls on both)."""
+def train_side_by_side(folder: Path, preset: str, seconds: float, workers: int) -> dict:
+    """Training images/s of the preset's network (dcgan-64): dlcli's own feed against
+    ImageFolder + DataLoader, in alternating rounds (so a shared machine's load falls on
+    both)."""
     import torch
 
-    from dlcli.config import resolve_config
+    from dlcli.config import preset_path, preset_values, resolve_config
+    from dlcli.data.images import load_image_data
     from dlcli.registry import get_spec
     from dlcli.train import apply_precision, precision_context
 
@@ -180,8 +182,10 @@ def train_side_by_side(folder: Path, seconds: float, workers: int) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from suite import tutorial_optimizer  # benchmarks/suite.py: the plain optimizer
 
-    spec = get_spec("dcgan")
-    config = resolve_config("dcgan", "dcgan-64", data=[str(folder)])
+    model = preset_values(preset_path(preset))["model"]
+    spec = get_spec(model)
+    config = resolve_config(model, preset, data=[str(folder)])
+    channels, size, _ = load_image_data(config).shape  # what the network takes (cached)
     device = torch.device("cpu")
 
     def build(plain: bool):
@@ -197,12 +201,13 @@ def train_side_by_side(folder: Path, seconds: float, workers: int) -> dict:
 
     ours, precision = build(plain=False)
     theirs, _ = build(plain=True)
-    size, batch = config["image_size"], config["batch_size"]
+    batch = config["batch_size"]
     # pytorch/examples dcgan/main.py: dset.ImageFolder(root, transforms.Compose([Resize,
     # CenterCrop, ToTensor, Normalize(0.5, 0.5)])), DataLoader(shuffle=True, workers=2).
     # Normalize is left out: dlcli's tasks take [0, 1] pixels and scale inside.
+    gray = [transforms.Grayscale()] if channels == 1 else []  # ImageFolder's loader gives RGB
     folder_set = datasets.ImageFolder(str(folder), transforms.Compose([
-        transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]))
+        *gray, transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]))
     loader = torch.utils.data.DataLoader(folder_set, batch_size=batch, shuffle=True,
                                          num_workers=workers, drop_last=True,
                                          persistent_workers=True)
@@ -229,27 +234,29 @@ def train_side_by_side(folder: Path, seconds: float, workers: int) -> dict:
             items[name] += len(batch[0])
         spent[name] += time.perf_counter() - t0
     rates = {k: items[k] / spent[k] for k in feeds}
-    return {"train_img_per_s_dlcli": rates["dlcli"],
-            "train_img_per_s_imagefolder": rates["imagefolder"],
-            "train_ratio": rates["dlcli"] / rates["imagefolder"], "precision": precision}
+    return {"train_img_per_s_dlcli": round(rates["dlcli"], 1),
+            "train_img_per_s_imagefolder": round(rates["imagefolder"], 1),
+            "train_ratio": round(rates["dlcli"] / rates["imagefolder"], 2), "precision": precision}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "dlcli-faces")
     parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--folder", type=Path, help="measure this folder instead of making one")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="processes for writing and decoding (default: every core)")
     parser.add_argument("--train", action="store_true", help="also time dcgan-64 training")
     parser.add_argument("--seconds", type=float, default=60.0, help="per side, with --train")
+    parser.add_argument("--preset", default="dcgan-64", help="what --train trains")
     parser.add_argument("--feed-seconds", type=float, default=20.0,
                         help="per side, for the batches-only comparison")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
-    folder = args.out / f"n{args.n}"
-    written = make_folder(folder, args.n, args.workers)
-    result = {"n": args.n, "image_size": args.image_size, "workers": args.workers,
+    folder = args.folder or args.out / f"n{args.n}"
+    written = 0.0 if args.folder else make_folder(folder, args.n, args.workers)
+    result = {"folder": str(folder), "image_size": args.image_size, "workers": args.workers,
               "write_s": round(written, 1)}
     with tempfile.TemporaryDirectory() as cache:
         first = run_load(folder, args.image_size, Path(cache), args.workers, "load")
@@ -266,7 +273,7 @@ def main(argv=None) -> None:
         os.environ["XDG_CACHE_HOME"] = cache  # the cache the loads above made
         result.update(feed_side_by_side(folder, args.image_size, args.feed_seconds, args.workers))
         if args.train:
-            result.update(train_side_by_side(folder, args.seconds, args.workers))
+            result.update(train_side_by_side(folder, args.preset, args.seconds, args.workers))
     for key, value in result.items():
         print(f"{key:<28} {value}")
     if args.json:
