@@ -123,6 +123,37 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     Console(soft_wrap=True).print(table)
 
 
+@app.command("datasets", epilog=examples("dlcli datasets", "dlcli datasets --json | jq -r '.[].name'",
+                                         "dlcli datasets --data-dir ../shared/data"))
+def datasets_command(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Also look in this folder."),
+):
+    """List the datasets: kind, shape (C, H, W), classes, source, and where the files are here."""
+    from dlcli.data.available import found_here
+    from dlcli.data.catalog import list_datasets
+
+    rows = [{"name": d.name, "kind": d.kind, "shape": list(d.shape), "classes": list(d.classes),
+             "source": d.source, "found": found_here(d.name, data_dir) or None}
+            for d in list_datasets()]
+    if as_json:
+        out(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("dataset", "kind", "shape", "classes", "found here", box=None)
+    for r in rows:
+        shape = "x".join(map(str, r["shape"]))
+        if r["name"] == "folder":
+            shape = "from the images"
+        names = r["classes"][:3] + (["..."] if len(r["classes"]) > 3 else [])
+        classes = f"{len(r['classes'])}: {', '.join(names)}" if r["classes"] else ""
+        where = r["found"] or f"[dim]no; from {r['source']}[/dim]"  # where it would come from
+        table.add_row(r["name"], r["kind"], shape, classes, where)
+    Console(soft_wrap=True).print(table)
+
+
 @presets_app.callback(invoke_without_command=True)
 def presets_default(ctx: typer.Context):
     if ctx.invoked_subcommand is None:
@@ -202,8 +233,9 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (new or empty)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint to continue from."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with dataset subfolders."),
-    data: List[Path] = typer.Option([], "--data", help="Your own parallel text: FILE.tsv, or "
-                                    "--data SRC --data TGT (transformer)."),
+    data: List[Path] = typer.Option([], "--data", help="Your own data: a folder of images (image "
+                                    "models; class subfolders = labels), or parallel text FILE.tsv "
+                                    "or --data SRC --data TGT (transformer)."),
     precision: Optional[str] = typer.Option(
         None, "--precision",
         help="32; bf16 (autocast); bf16-matmul (float32, bfloat16 matrix products); 16-mixed "
@@ -224,7 +256,7 @@ def train(
     flags = dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                  data=[str(p.absolute()) for p in data] or None)  # evaluate works from anywhere
     config, sources = traced_config(model, preset, set_, **flags)
-    if config["dataset"] not in spec.datasets and "data" not in config:
+    if config["dataset"] not in spec.datasets and not config.get("data"):
         raise DlcliError(f"{model} cannot train on {config['dataset']!r}; "
                          f"choose one of: {', '.join(spec.datasets)}")
     from dlcli import train as training

@@ -20,6 +20,18 @@ _PACKAGED_PRESETS = Path(__file__).parent / "presets"
 PRESET_DIR = _PACKAGED_PRESETS if _PACKAGED_PRESETS.is_dir() else Path(__file__).parent.parent / "presets"
 PRECISIONS = ("auto", "32", "bf16", "bf16-matmul", "16-mixed")
 
+# The keys of your own folder of images (`--data DIR`), which every model that trains on
+# images takes: added to its schema here rather than repeated in each preset. Checkpoints
+# written before they existed read as the defaults.
+IMAGE_KEYS = {
+    "data": None,  # [DIR]: a folder of images (--data DIR); the dataset is then "folder"
+    "image_size": None,  # pixels per side; null: the images' own size when they share one
+    "image_channels": "auto",  # 1 | 3 | auto (1 when every image is grayscale)
+    "resize": "center-crop",  # center-crop | pad | stretch
+    "val_fraction": 0.1,  # of the training images, held out by the seed (no val/ folder)
+}
+IMAGE_SIZES = (8, 4096)  # smaller holds nothing to learn; larger is not what these models take
+
 # What each number may be, whichever model has the key; a list (layer widths) is checked
 # element by element. A value outside these would fail deep inside torch, or train nothing.
 AT_LEAST_1 = (lambda x: x >= 1, "at least 1")
@@ -36,7 +48,7 @@ NUMBER_RULES = {
                      "truncation"), AT_LEAST_0),  # temperature/truncation 0: sample the mean
     **dict.fromkeys(("lr", "lr_decay", "d_lr_scale"), POSITIVE),
     **dict.fromkeys(("dropout", "d_dropout", "label_smoothing", "momentum", "ema", "beta1",
-                     "beta2"), FRACTION),
+                     "beta2", "val_fraction"), FRACTION),
     "max_len": (lambda x: x >= 2, "at least 2 (an end token and one more)"),
     "seed": (lambda x: -2**63 <= x < 2**63, "64 bits (-2**63 to 2**63 - 1)"),
 }
@@ -146,7 +158,17 @@ def default_config(model: str) -> dict:
     path = PRESET_DIR / f"{model}.yaml"
     if not path.is_file():
         raise DlcliError(f"model {model!r} has no default preset ({path.name})")
-    return _read_yaml(path)
+    schema = _read_yaml(path)
+    if _takes_images(schema):
+        schema = {**IMAGE_KEYS, **schema}
+    return schema
+
+
+def _takes_images(schema: dict) -> bool:
+    """Does the model train on images (its default dataset is an image dataset)?"""
+    from dlcli.data.catalog import list_datasets
+
+    return schema.get("dataset") in {d.name for d in list_datasets("image")}
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -209,6 +231,11 @@ def traced_config(model: str, preset: str | None = None, overrides=(), **flags) 
                 raise DlcliError(f"{source} sets model {value!r}, but the command trains {model!r}")
             config[key] = _coerce(key, value, schema[key])
             sources[key] = source
+    if config.get("data") and _takes_images(schema):  # your own images: the dataset is the folder
+        if sources["dataset"] == "--dataset" and config["dataset"] != "folder":
+            raise DlcliError(f"--dataset {config['dataset']} and --data both name the data; "
+                             "give one (--data DIR trains on your folder of images)")
+        config["dataset"], sources["dataset"] = "folder", sources["data"]
     validate_numbers(config)
     return config, sources
 
@@ -245,6 +272,8 @@ def config_against_schema(model: str, config) -> dict:
         raise DlcliError("it is not a mapping of key: value")
     if config.get("model", model) != model:
         raise DlcliError(f"it is the config of a {config['model']!r} model")
+    if _takes_images(schema):
+        config = {**IMAGE_KEYS, **config}
     missing = [k for k in schema if k not in config and k != "model"]
     if missing:
         raise DlcliError(f"key {missing[0]!r} is missing")
@@ -268,6 +297,25 @@ def validate_numbers(config: dict) -> None:
     if "d_model" in config and "heads" in config and config["d_model"] % config["heads"]:
         raise DlcliError(f"d_model ({config['d_model']}) must be a multiple of heads "
                          f"({config['heads']}): each head gets d_model / heads dimensions")
+    check_image_keys(config)
     if "precision" in config and str(config["precision"]) not in PRECISIONS:
         raise DlcliError(f"unknown precision {config['precision']!r}; choose one of: "
                          + ", ".join(PRECISIONS))
+
+
+def check_image_keys(config: dict) -> None:
+    """image_size, image_channels and resize (when the config has them) within their choices."""
+    size = config.get("image_size")
+    if size is not None:
+        low, high = IMAGE_SIZES
+        if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
+            raise DlcliError(f"image_size must be a whole number from {low} to {high}, or null "
+                             f"(the images' own size), got {size!r}")
+    if "image_channels" in config and str(config["image_channels"]) not in ("auto", "1", "3"):
+        raise DlcliError(f"image_channels must be 1, 3 or auto, got {config['image_channels']!r}")
+    if "resize" in config:
+        from dlcli.data.catalog import RESIZE_MODES
+
+        if config["resize"] not in RESIZE_MODES:
+            raise DlcliError(f"unknown resize {config['resize']!r}; choose one of: "
+                             + ", ".join(RESIZE_MODES))

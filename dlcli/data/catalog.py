@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MNIST_DIGITS = tuple(str(i) for i in range(10))
+RESIZE_MODES = ("center-crop", "pad", "stretch")  # how a folder's images are brought to one size
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class DatasetInfo:
     shape: tuple[int, ...] = ()  # (C, H, W) for images
     classes: tuple[str, ...] = ()  # class names, index = label; () when unlabeled or text
     source: str = ""  # where the files come from
+    mean: tuple[float, ...] = ()  # per-channel mean and std of the training pixels in [0, 1]
+    std: tuple[float, ...] = ()
 
 
 _DATASETS: dict[str, DatasetInfo] = {}
@@ -51,14 +54,27 @@ def names_of_kinds(kinds) -> tuple[str, ...]:
     return tuple(d.name for d in _DATASETS.values() if d.kind in kinds)
 
 
+# Image statistics are the values commonly quoted (and, for MNIST, the ones dlcli's models
+# were always trained with). CIFAR-10's std is the std of all training pixels (0.247, ...),
+# not the often-copied mean of per-image stds (0.2023, ...).
 register_dataset(DatasetInfo(
     "mnist", "image", "handwritten digits (LeCun et al., 1998)", (1, 28, 28), MNIST_DIGITS,
-    "IDX files: --data-dir, $DLCLI_DATA_DIR, the cache, a download; else a bundled subset"))
+    "IDX files: --data-dir, $DLCLI_DATA_DIR, the cache, a download; else a bundled subset",
+    (0.1307,), (0.3081,)))
 register_dataset(DatasetInfo(
     "fashion-mnist", "image", "Zalando's clothing pictures (Xiao et al., 2017)", (1, 28, 28),
     ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
      "ankle boot"),
-    "IDX files: --data-dir, $DLCLI_DATA_DIR, the cache, a download"))
+    "IDX files: --data-dir, $DLCLI_DATA_DIR, the cache, a download", (0.2860,), (0.3530,)))
+register_dataset(DatasetInfo(
+    "cifar10", "image", "small photos in 10 classes (Krizhevsky, 2009)", (3, 32, 32),
+    ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "cifar-10-binary.tar.gz: --data-dir, $DLCLI_DATA_DIR, the cache, a download",
+    (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))
+# Your own images: shape and classes are found in the folder (and kept in the checkpoint).
+register_dataset(DatasetInfo(
+    "folder", "image", "your own images: --data DIR (class subfolders give the labels)",
+    source="--data DIR"))
 for _table in ("and", "or", "xor"):
     register_dataset(DatasetInfo(
         _table, "toy", f"the truth table of {_table} over two binary inputs", (2,), ("0", "1"),

@@ -16,6 +16,14 @@ from pathlib import Path
 from dlcli.console import console
 from dlcli.errors import DlcliError
 
+# The four files of an MNIST-format dataset, by role (gzip or raw).
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
 
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -42,27 +42,33 @@ class ImageData:
                 "mean": list(self.mean), "std": list(self.std)}
 
 
-# Per-channel statistics of the training pixels, the values commonly quoted (and the ones
-# today's MNIST models were trained with).
-KNOWN_STATS = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-}
-
-
 def load_image_data(config: dict, data_dir=None) -> ImageData:
-    """The image data a config names (its `dataset`), found as the data layer finds it."""
+    """The image data a config names: its `data` folder when given (`--data DIR`), else
+    its `dataset`, found as the data layer finds it."""
+    from dlcli.data.catalog import get_dataset, list_datasets
+
+    if config.get("data") or config.get("dataset") == "folder":
+        if not config.get("data"):
+            raise DlcliError("dataset folder needs the folder: --data DIR")
+        from dlcli.data.folder import load_folder
+
+        return load_folder(config)
+    name = config["dataset"]
+    info = get_dataset(name)
+    if info.kind != "image":
+        names = ", ".join(d.name for d in list_datasets("image"))
+        raise DlcliError(f"{name!r} is not an image dataset; choose one of: {names}")
+    if name == "cifar10":
+        from dlcli.data.cifar import load_cifar10
+
+        return load_cifar10(data_dir)
     from dlcli.data.mnist import load_images
     from dlcli.tasks.base import sha256_of
 
-    name = config["dataset"]
-    if name not in KNOWN_STATS:
-        raise DlcliError(f"unknown image dataset {name!r}; choose one of: {', '.join(KNOWN_STATS)}")
     found = load_images(name, data_dir)
     images = torch.cat([found.train_x, found.test_x])
     labels = torch.cat([found.train_y, found.test_y])
     n = len(found.train_x)
-    mean, std = KNOWN_STATS[name]
     return ImageData(name, tuple(images.shape[1:]), found.classes, images, labels,
-                     torch.arange(n), torch.arange(n, len(images)), found.source, mean, std,
-                     sha256_of(images, labels))
+                     torch.arange(n), torch.arange(n, len(images)), found.source, info.mean,
+                     info.std, sha256_of(images, labels))

@@ -20,15 +20,10 @@ from pathlib import Path
 import torch
 
 from dlcli.console import notice
-from dlcli.data.files import cache_dir, candidate_dirs, fetch, keep_verified, read_maybe_gzip
+from dlcli.data.files import IDX_FILES, cache_dir, candidate_dirs, fetch, keep_verified, read_maybe_gzip
 from dlcli.errors import DlcliError
 
-FILES = {
-    "train_x": "train-images-idx3-ubyte",
-    "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte",
-    "test_y": "t10k-labels-idx1-ubyte",
-}
+FILES = IDX_FILES
 # SHA-256 of the decompressed files. Fashion-MNIST publishes only gzip MD5s, so its
 # files are checked by their IDX headers and sizes instead (None below).
 SHA256 = {
