@@ -19,6 +19,8 @@ from dlcli.errors import DlcliError
 _PACKAGED_PRESETS = Path(__file__).parent / "presets"
 PRESET_DIR = _PACKAGED_PRESETS if _PACKAGED_PRESETS.is_dir() else Path(__file__).parent.parent / "presets"
 PRECISIONS = ("auto", "32", "bf16", "bf16-matmul", "16-mixed")
+# Keys every model has that its preset need not list; checkpoints older than a key lack it.
+COMMON = {"logger": []}  # where a run reports besides its folder: tensorboard, mlflow
 
 # What each number may be, whichever model has the key; a list (layer widths) is checked
 # element by element. A value outside these would fail deep inside torch, or train nothing.
@@ -146,7 +148,7 @@ def default_config(model: str) -> dict:
     path = PRESET_DIR / f"{model}.yaml"
     if not path.is_file():
         raise DlcliError(f"model {model!r} has no default preset ({path.name})")
-    return _read_yaml(path)
+    return {**COMMON, **_read_yaml(path)}
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -245,7 +247,7 @@ def config_against_schema(model: str, config) -> dict:
         raise DlcliError("it is not a mapping of key: value")
     if config.get("model", model) != model:
         raise DlcliError(f"it is the config of a {config['model']!r} model")
-    missing = [k for k in schema if k not in config and k != "model"]
+    missing = [k for k in schema if k not in config and k != "model" and k not in COMMON]
     if missing:
         raise DlcliError(f"key {missing[0]!r} is missing")
     checked = {**config, **{k: _coerce(k, config[k], schema[k]) for k in schema if k in config}}
@@ -268,6 +270,40 @@ def validate_numbers(config: dict) -> None:
     if "d_model" in config and "heads" in config and config["d_model"] % config["heads"]:
         raise DlcliError(f"d_model ({config['d_model']}) must be a multiple of heads "
                          f"({config['heads']}): each head gets d_model / heads dimensions")
+    for name in config.get("logger") or []:
+        from dlcli.reporters import LOGGERS
+
+        if name not in LOGGERS:
+            raise DlcliError(f"unknown logger {name!r}; choose one of: {', '.join(LOGGERS)}")
     if "precision" in config and str(config["precision"]) not in PRECISIONS:
         raise DlcliError(f"unknown precision {config['precision']!r}; choose one of: "
                          + ", ".join(PRECISIONS))
+
+
+def resumed_config(saved: dict, asked: dict, sources: dict, given: set[str],
+                   epochs: int | None, checkpoint_name: str) -> tuple[dict, dict]:
+    """The config a resumed run trains with: the checkpoint's (`saved`; architecture and
+    data must not change under the weights), with only the epoch budget and the loggers
+    taken from the command line. Keys the user set (`given`) that differ are named in a warning. Returns
+    (config, sources) like traced_config."""
+    from dlcli.console import warn
+
+    changed = {k: v for k, v in asked.items()
+               if k not in ("epochs", "logger") and k in given and saved.get(k) != v}
+    if changed:
+        warn("resuming keeps the checkpoint's config; ignored: "
+             + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    config = {**saved, "epochs": epochs if epochs is not None else saved["epochs"]}
+    if "logger" in given:
+        config["logger"] = asked["logger"]
+    if config["epochs"] != saved["epochs"] and saved.get("schedule") == "cosine":
+        warn(f"the cosine schedule was planned for {saved['epochs']} epochs; it now "
+             f"stretches to {config['epochs']}")
+    validate_numbers(config)
+    sources = {k: f"checkpoint {checkpoint_name}" for k in config} | (
+        {"epochs": sources["epochs"]} if epochs is not None else {})
+    return config, sources
+
+
+def dataset_name(config: dict) -> str:
+    return "your own text" if config.get("data") else config["dataset"]

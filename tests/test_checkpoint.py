@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from dlcli.checkpoint import atomic_write, flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from dlcli.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from dlcli.errors import DlcliError
+from dlcli.fileio import atomic_write
 from dlcli.inspect import describe
 
 

@@ -69,7 +69,7 @@ def test_training_writes_run_with_both_networks(trained, model):
 def test_ema_follows_the_generator_in_channels_last_memory():
     """Moving the conv nets to channels-last (bf16 on a CPU, any CUDA run) gives them new
     tensors; the EMA must average those, not the ones the task was built with."""
-    from dlcli.train import use_fast_paths
+    from dlcli.runtime import use_fast_paths
 
     spec = get_spec("dcgan")
     task = spec.load_task()(spec, tiny_config("dcgan"), torch.device("cpu"))
