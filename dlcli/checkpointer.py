@@ -35,8 +35,9 @@ class Checkpointer:
         self.last = run_dir / "last.safetensors" if run_dir else None
         self.best_path = run_dir / "best.safetensors" if run_dir else None
         self.keep = int(task.config.get("keep_epochs", 0))
+        self.metrics: dict = {}  # the last epoch's, which a mid-epoch checkpoint carries too
 
-    def save(self, epoch_done: int, batch: int, step: int, metrics: dict) -> None:
+    def save(self, epoch_done: int, batch: int, step: int) -> None:
         """last.safetensors: the weights and everything --resume needs to continue after
         `batch` batches of epoch `epoch_done` + 1 (0: at the epoch's start)."""
         if self.dir is None:
@@ -47,7 +48,7 @@ class Checkpointer:
         where = {"data_dir": str(Path(task.data_dir).absolute())} if task.data_dir else {}
         origin = {"provenance": json.dumps(self.provenance)} if self.provenance else {}
         save_checkpoint(self.last, model=task.spec.name, config=task.config, modules=task.modules,
-                        epoch=epoch_done, step=step, metrics=metrics, state=state,
+                        epoch=epoch_done, step=step, metrics=self.metrics, state=state,
                         extra={**task.checkpoint_extra(), **where, **origin})
         self._wrote(self.last, "last")
 
@@ -60,7 +61,8 @@ class Checkpointer:
             self.best = metrics.get(monitor)
         if self.keep > 0:
             self.snapshot(epoch)
-        self.save(epoch, 0, step, metrics)
+        self.metrics = metrics
+        self.save(epoch, 0, step)
         if improved and self.dir is not None:
             atomic_write(self.best_path, lambda tmp: shutil.copyfile(self.last, tmp))
             self._wrote(self.best_path, "best")

@@ -75,17 +75,15 @@ def fit(task, run_dir: Path | None, resume=None, d: Dist = Dist(), precision: st
     """Train `task` for config['epochs'] epochs in `run_dir`; return the checkpoint path.
     Under torch.distributed every rank calls this; only rank 0 (run_dir given) reports and
     writes: the other ranks get no reporters and a checkpointer that writes nothing."""
-    config, epochs, started = task.config, task.config["epochs"], time.perf_counter()
+    epochs, started = task.config["epochs"], time.perf_counter()
     autocast = precision_context(task.device, precision)
     if precision == "16-mixed":
         task.scaler = torch.amp.GradScaler("cuda")
     start_epoch, skip, step, best = restore(task, resume)
-    report = make_reporters(config.get("logger", [])) if d.main else Reporters([])
+    report = make_reporters(task.config.get("logger", [])) if d.main else Reporters([])
     saver = Checkpointer(task, run_dir if d.main else None, provenance, best, report)
-    if d.active:
-        distributed.broadcast_modules(list(task.modules.values()), d)
-        distributed.average_gradients_before_steps(task.optimizers.values(), d)
-    report.start(Run(run_dir, task.spec.name, config, epochs, start_epoch, task.monitor,
+    distributed.join(task, d)
+    report.start(Run(run_dir, task.spec.name, task.config, epochs, start_epoch, task.monitor,
                      task.losses, task.item_name, provenance or {}))
     done, state, message = start_epoch, "failed", None  # done: epochs trained in all
     try:
@@ -108,7 +106,7 @@ def fit(task, run_dir: Path | None, resume=None, d: Dist = Dist(), precision: st
                     if step % LOG_EVERY == 0:
                         report.record({"kind": "step", "epoch": epoch + 1, "step": step, **logs})
                     if i + 1 < len(batches) and stop.agreed(d):
-                        saver.save(epoch, i + 1, step, {})  # mid-epoch: a resume skips the batches seen
+                        saver.save(epoch, i + 1, step)  # mid-epoch: a resume skips the batches seen
                         distributed.barrier(d)
                         raise Interrupted(saver.last, stop.signum)
                 skip = 0
@@ -125,11 +123,8 @@ def fit(task, run_dir: Path | None, resume=None, d: Dist = Dist(), precision: st
                     break
         saver.finish()
         state, message = "finished", task.report(done) if d.main else None
-    except (Interrupted, KeyboardInterrupt):
-        state = "interrupted"
-        raise
-    except TrainingFailed:
-        state = "diverged"
+    except (Interrupted, KeyboardInterrupt, TrainingFailed) as e:
+        state = "diverged" if isinstance(e, TrainingFailed) else "interrupted"
         raise
     finally:
         report.end(End(state, done, done - start_epoch, step, time.perf_counter() - started,

@@ -18,7 +18,13 @@ MAX_PARAM = 6000  # characters MLflow keeps of a parameter's value
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").absolute().as_uri()
+    """$MLFLOW_TRACKING_URI, else the file store ./mlruns. MLflow 3 keeps that store in
+    maintenance and refuses it unless MLFLOW_ALLOW_FILE_STORE is set: we set it (for this
+    process only) when we choose the file store ourselves."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return Path("mlruns").absolute().as_uri()
 
 
 class MLflow(Reporter):
