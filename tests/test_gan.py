@@ -55,7 +55,8 @@ def test_training_writes_run_with_both_networks(trained, model):
     optimizers = ckpt.state["task"]["optimizers"]
     assert set(optimizers) == {"generator", "discriminator"}
     assert all(len(o["state"]) > 0 for o in optimizers.values())
-    epoch = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epoch = [r for r in records if r["kind"] == "epoch"][-1]  # the last line says how it ended
     for key in ("train_d_loss", "train_g_loss", "train_d_x", "train_d_g_z", "diversity"):
         assert np.isfinite(epoch[key]), key
     assert 0 < epoch["train_d_x"] < 1 and 0 < epoch["train_d_g_z"] < 1
