@@ -1,4 +1,7 @@
-"""The one training loop. Every model family trains through `fit`, driven by its Task."""
+"""The one training loop. Every model family trains through `fit`, driven by its Task
+(calling only what tasks/base.py declares). The loop emits events to reporters
+(dlcli/reporters: metrics.jsonl, console, curves, pictures, TensorBoard, MLflow) and leaves
+checkpoints to a Checkpointer (dlcli/checkpointer.py); `train` sets a run up around it."""
 
 from __future__ import annotations
 

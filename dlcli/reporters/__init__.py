@@ -104,19 +104,38 @@ class Reporter:
 class Reporters(Reporter):
     """Several reporters as one: each event goes to each, in order (metrics.jsonl first,
     so the reporters after it may read the file; the console last, so its summary names
-    every file written)."""
+    every file written). Empty on ranks other than 0 under torchrun."""
 
     def __init__(self, reporters: list[Reporter]):
-        self.reporters = reporters
+        self.reporters = list(reporters)
 
-    def __getattribute__(self, name):
-        if name in _EVENTS:
-            reporters = object.__getattribute__(self, "reporters")
-            return lambda *args, **kwargs: [getattr(r, name)(*args, **kwargs) for r in reporters]
-        return object.__getattribute__(self, name)
+    def start(self, run):
+        for r in self.reporters:
+            r.start(run)
 
+    def epoch_start(self, epoch, batches, done):
+        for r in self.reporters:
+            r.epoch_start(epoch, batches, done)
 
-_EVENTS = {"start", "epoch_start", "step", "record", "images", "checkpoint", "end"}
+    def step(self, done, logs, meter):
+        for r in self.reporters:
+            r.step(done, logs, meter)
+
+    def record(self, record):
+        for r in self.reporters:
+            r.record(record)
+
+    def images(self, epoch, tag, images, nrow, captions=None):
+        for r in self.reporters:
+            r.images(epoch, tag, images, nrow, captions)
+
+    def checkpoint(self, path, role):
+        for r in self.reporters:
+            r.checkpoint(path, role)
+
+    def end(self, end):
+        for r in self.reporters:
+            r.end(end)
 
 
 def check_loggers(names) -> list[str]:
