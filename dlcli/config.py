@@ -270,11 +270,6 @@ def validate_numbers(config: dict) -> None:
     if "d_model" in config and "heads" in config and config["d_model"] % config["heads"]:
         raise DlcliError(f"d_model ({config['d_model']}) must be a multiple of heads "
                          f"({config['heads']}): each head gets d_model / heads dimensions")
-    for name in config.get("logger") or []:
-        from dlcli.reporters import LOGGERS
-
-        if name not in LOGGERS:
-            raise DlcliError(f"unknown logger {name!r}; choose one of: {', '.join(LOGGERS)}")
     if "precision" in config and str(config["precision"]) not in PRECISIONS:
         raise DlcliError(f"unknown precision {config['precision']!r}; choose one of: "
                          + ", ".join(PRECISIONS))
