@@ -86,8 +86,8 @@ def fit(task, run_dir: Path | None, resume=None, d: Dist = Dist(), precision: st
     report = make_reporters(task.config.get("logger", [])) if d.main else Reporters([])
     saver = Checkpointer(task, run_dir if d.main else None, provenance, best, report)
     distributed.join(task, d)
-    report.start(Run(run_dir, task.spec.name, task.config, epochs, start_epoch, task.monitor,
-                     task.losses, task.item_name, provenance or {}))
+    report.start(Run(run_dir, task.spec.name, task.config, epochs, task.monitor, task.item_name,
+                     provenance or {}))
     done, state, message = start_epoch, "failed", None  # done: epochs trained in all
     try:
         with StopRequest() as stop:

@@ -97,6 +97,7 @@ def test_mlflow_store_holds_params_metrics_and_artifacts(logged_run):
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == logged_run.name
     assert run.data.params["latent_dim"] == "4" and run.data.params["g_hidden"] == "[16]"
+    assert run.data.tags["dlcli.run_dir"] == str(logged_run) and "dlcli.data_sha256" in run.data.tags
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "d_loss")}
     step_records = [r for r in records(logged_run) if r["kind"] == "step"]
     assert history == pytest.approx({r["step"]: r["d_loss"] for r in step_records})

@@ -31,9 +31,7 @@ class Run:
     model: str
     config: dict
     epochs: int  # planned
-    start_epoch: int = 0  # epochs already done (a resumed run)
     monitor: str | None = None  # lower is better; picks best.safetensors
-    losses: tuple[str, ...] = ()  # which of the step metrics are losses
     item_name: str = "img"  # unit of throughput (img/s, tok/s)
     provenance: dict = field(default_factory=dict)
 

@@ -37,8 +37,9 @@ class MLflow(Reporter):
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = (experiment.experiment_id if experiment is not None
                          else self.client.create_experiment(name))
+        origin = {f"dlcli.{k}": str(v) for k, v in run.provenance.items()}  # command, data, ...
         self.id = self.client.create_run(experiment_id, run_name=run.dir.name, tags={
-            "dlcli.run_dir": str(run.dir.absolute()), "dlcli.model": run.model}).info.run_id
+            "dlcli.run_dir": str(run.dir.absolute()), "dlcli.model": run.model, **origin}).info.run_id
         self.client.log_batch(self.id, params=[Param(k, str(v)[:MAX_PARAM])
                                                for k, v in run.config.items()])
         self.run = run
