@@ -246,44 +246,34 @@ def train(
                                        help="Data-parallel processes (launches torchrun)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config, where each "
                                  "value came from, and the data; train nothing."),
+    logger: List[str] = typer.Option([], "--logger", help="Also log to tensorboard (RUN/tensorboard) "
+                                     "or mlflow (./mlruns, or $MLFLOW_TRACKING_URI); repeatable."),
 ):
     """Train a model. Progress goes to stderr; the checkpoint path is the last stdout line."""
     if nproc_per_node < 1:
         raise DlcliError(f"--nproc-per-node must be positive, got {nproc_per_node}")
-    from dlcli.config import traced_config, validate_numbers
+    from dlcli.config import resumed_config, traced_config
 
     spec = get_spec(model)
     flags = dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                 data=[str(p.absolute()) for p in data] or None)  # evaluate works from anywhere
+                 data=[str(p.absolute()) for p in data] or None,  # evaluate works from anywhere
+                 logger=logger or None)
     config, sources = traced_config(model, preset, set_, **flags)
     if config["dataset"] not in spec.datasets and not config.get("data"):
         raise DlcliError(f"{model} cannot train on {config['dataset']!r}; "
                          f"choose one of: {', '.join(spec.datasets)}")
     from dlcli import train as training
     from dlcli.checkpoint import checked_config, load_checkpoint
+    from dlcli.reporters import check_loggers
 
     if resume is not None:
-        # Architecture and data come from the checkpoint; only the epoch budget may change.
         checkpoint = load_checkpoint(resume, expect_model=model, tensors=False)  # train() loads it
-        saved = checked_config(checkpoint)
-        changed = {k: v for k, v in config.items() if k != "epochs" and saved.get(k) != v
-                   and (k in flags and flags[k] is not None or any(s.startswith(k + "=") for s in set_)
-                        or preset)}
-        if changed:
-            from dlcli.console import warn
-
-            warn("resuming keeps the checkpoint's config; ignored: "
-                 + ", ".join(f"{k}={v}" for k, v in changed.items()))
-        config = {**saved, "epochs": config["epochs"] if epochs is not None else saved["epochs"]}
-        if config["epochs"] != saved["epochs"] and saved.get("schedule") == "cosine":
-            from dlcli.console import warn
-
-            warn(f"the cosine schedule was planned for {saved['epochs']} epochs; it now "
-                 f"stretches to {config['epochs']}")
-        validate_numbers(config)
+        given = {k for k in config if flags.get(k) is not None or preset
+                 or any(s.startswith(k + "=") for s in set_)}
+        config, sources = resumed_config(checked_config(checkpoint), config, sources, given,
+                                         epochs, resume.name)
         training.check_resumable(checkpoint, config["epochs"])
-        sources = {k: f"checkpoint {resume.name}" for k in config} | (
-            {"epochs": sources["epochs"]} if epochs is not None else {})
+    check_loggers(config.get("logger", []))  # a missing extra is said before anything starts
     if dry_run:
         out(training.dry_run(spec, config, sources, device=device, data_dir=data_dir,
                              resume_path=resume, precision=precision))
@@ -455,10 +445,11 @@ def sample(
 
     import torch
 
-    from dlcli.checkpoint import atomic_write, load_checkpoint
-    from dlcli.images import grid_png
+    from dlcli.checkpoint import load_checkpoint
+    from dlcli.fileio import atomic_write
+    from dlcli.images import encode
     from dlcli.runs import resolve_checkpoint
-    from dlcli.train import pick_device
+    from dlcli.runtime import pick_device
 
     ckpt = load_checkpoint(resolve_checkpoint(model, checkpoint), expect_model=model)
     task = spec.load_task().from_checkpoint(spec, ckpt, pick_device(device), data_dir)
@@ -467,18 +458,9 @@ def sample(
     with torch.no_grad():
         images, nrow = task.sample(count, label=label, grid=grid or spec.grids[0],
                                    interpolate=interpolate)
-    images = images.detach().float().cpu().clamp(0, 1)
-    if fmt == "npy":
-        import io
-
-        import numpy as np
-
-        buf = io.BytesIO()
-        np.save(buf, images.numpy().astype("float32"))
-        data = buf.getvalue()
-    else:
-        data = grid_png(images, nrow, captions=task.captions(
-            count, label=label, grid=grid or spec.grids[0], interpolate=interpolate))
+    captions = task.captions(count, label=label, grid=grid or spec.grids[0],
+                             interpolate=interpolate) if fmt == "png" else None
+    data = encode(images, fmt, nrow, captions)
     if output == "-":
         out(data)
         return
@@ -545,7 +527,7 @@ def average(
         raise DlcliError("average needs at least two checkpoints")
     if output.exists():
         raise DlcliError(f"{output} exists; not overwriting it")
-    from dlcli.average import average_checkpoints
+    from dlcli.checkpointer import average_checkpoints
 
     out(str(average_checkpoints(checkpoints, output)))
 
@@ -589,7 +571,7 @@ def evaluate(
                          "and --iwae-k at least 1")
     from dlcli.checkpoint import load_checkpoint
     from dlcli.runs import checkpoint_file
-    from dlcli.train import pick_device
+    from dlcli.runtime import pick_device
 
     ckpt = load_checkpoint(checkpoint_file(checkpoint))
     spec = get_spec(ckpt.model)

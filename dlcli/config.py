@@ -19,6 +19,8 @@ from dlcli.errors import DlcliError
 _PACKAGED_PRESETS = Path(__file__).parent / "presets"
 PRESET_DIR = _PACKAGED_PRESETS if _PACKAGED_PRESETS.is_dir() else Path(__file__).parent.parent / "presets"
 PRECISIONS = ("auto", "32", "bf16", "bf16-matmul", "16-mixed")
+# Keys every model has that its preset need not list; checkpoints older than a key lack it.
+COMMON = {"logger": []}  # where a run reports besides its folder: tensorboard, mlflow
 
 # The keys of your own folder of images (`--data DIR`), which every model that trains on
 # images takes: added to its schema here rather than repeated in each preset. Checkpoints
@@ -161,7 +163,7 @@ def default_config(model: str) -> dict:
     schema = _read_yaml(path)
     if _takes_images(schema):
         schema = {**IMAGE_KEYS, **schema}
-    return schema
+    return {**COMMON, **schema}
 
 
 def _takes_images(schema: dict) -> bool:
@@ -274,7 +276,7 @@ def config_against_schema(model: str, config) -> dict:
         raise DlcliError(f"it is the config of a {config['model']!r} model")
     if _takes_images(schema):
         config = {**IMAGE_KEYS, **config}
-    missing = [k for k in schema if k not in config and k != "model"]
+    missing = [k for k in schema if k not in config and k != "model" and k not in COMMON]
     if missing:
         raise DlcliError(f"key {missing[0]!r} is missing")
     checked = {**config, **{k: _coerce(k, config[k], schema[k]) for k in schema if k in config}}
@@ -319,3 +321,34 @@ def check_image_keys(config: dict) -> None:
         if config["resize"] not in RESIZE_MODES:
             raise DlcliError(f"unknown resize {config['resize']!r}; choose one of: "
                              + ", ".join(RESIZE_MODES))
+
+
+def resumed_config(saved: dict, asked: dict, sources: dict, given: set[str],
+                   epochs: int | None, checkpoint_name: str) -> tuple[dict, dict]:
+    """The config a resumed run trains with: the checkpoint's (`saved`; architecture and
+    data must not change under the weights), with only the epoch budget and the loggers
+    taken from the command line. Keys the user set (`given`) that differ are named in a warning. Returns
+    (config, sources) like traced_config."""
+    from dlcli.console import warn
+
+    changed = {k: v for k, v in asked.items()
+               if k not in ("epochs", "logger") and k in given and saved.get(k) != v}
+    if changed:
+        warn("resuming keeps the checkpoint's config; ignored: "
+             + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    config = {**saved, "epochs": epochs if epochs is not None else saved["epochs"]}
+    if "logger" in given:
+        config["logger"] = asked["logger"]
+    if config["epochs"] != saved["epochs"] and saved.get("schedule") == "cosine":
+        warn(f"the cosine schedule was planned for {saved['epochs']} epochs; it now "
+             f"stretches to {config['epochs']}")
+    validate_numbers(config)
+    sources = {k: f"checkpoint {checkpoint_name}" for k in config} | (
+        {"epochs": sources["epochs"]} if epochs is not None else {})
+    return config, sources
+
+
+def dataset_name(config: dict) -> str:
+    if not config.get("data"):
+        return config["dataset"]
+    return "your own images" if config["dataset"] == "folder" else "your own text"

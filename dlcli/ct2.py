@@ -23,7 +23,7 @@ from dlcli import __version__
 from dlcli.data import text
 from dlcli.errors import DlcliError
 from dlcli.export import TOLERANCE, ExportMismatch, folder_in_place
-from dlcli.translate import Hypothesis, Translator
+from dlcli.models.decoding import Hypothesis, Translator
 
 QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "bfloat16", "float32")
 INFO_FILE, TOKENIZER_FILE = "dlcli.json", "tokenizer.json"

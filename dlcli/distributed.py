@@ -84,6 +84,14 @@ def average_gradients_before_steps(optimizers, d: Dist) -> None:
 
 
 @torch.no_grad()
+def join(task, d: Dist) -> None:
+    """Before the first step: every rank starts from rank 0's weights, and each optimizer
+    step averages the gradients across ranks first. Alone: nothing to do."""
+    if d.active:
+        broadcast_modules(list(task.modules.values()), d)
+        average_gradients_before_steps(task.optimizers.values(), d)
+
+
 def broadcast_modules(modules, d: Dist) -> None:
     """Start every rank from rank 0's weights."""
     for module in modules:

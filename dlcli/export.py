@@ -133,7 +133,8 @@ def default_output(checkpoint: Path, fmt: str, part: str | None = None) -> Path:
 
 def export(checkpoint: Path, fmt: str, output: Path | None = None, part: str | None = None,
            quantization: str | None = None) -> Path:
-    from dlcli.checkpoint import atomic_write, load_checkpoint
+    from dlcli.checkpoint import load_checkpoint
+    from dlcli.fileio import atomic_write
     from dlcli.registry import get_spec
 
     if fmt not in FORMATS:
@@ -270,7 +271,8 @@ def write_weights_only(ckpt, spec, target: Path) -> None:
     rebuilding the model from the written file."""
     from safetensors.torch import save_file
 
-    from dlcli.checkpoint import atomic_write, load_checkpoint
+    from dlcli.checkpoint import load_checkpoint
+    from dlcli.fileio import atomic_write
 
     tensors = {k: v for k, v in ckpt.tensors.items() if k.startswith("model/")}
     meta = {k: v for k, v in ckpt.meta.items() if k != "state"}

@@ -67,11 +67,17 @@ def upscale(image: torch.Tensor, factor: int) -> torch.Tensor:
     return image.repeat_interleave(factor, 1).repeat_interleave(factor, 2) if factor > 1 else image
 
 
+def grid_image(images: torch.Tensor, nrow: int = 8, scale: int = 2,
+               captions: Captions | None = None) -> torch.Tensor:
+    """The picture of a sample file as a (C, H, W) tensor in [0, 1]: the images in a grid,
+    enlarged `scale` times, with their captions."""
+    grid = upscale(make_grid(images.detach().float().cpu(), nrow), scale)
+    return caption(grid, captions, pad=2 * scale, row_height=images.shape[-2] * scale) if captions else grid
+
+
 def grid_png(images: torch.Tensor, nrow: int = 8, scale: int = 2,
              captions: Captions | None = None) -> bytes:
-    grid = upscale(make_grid(images.detach().float().cpu(), nrow), scale)
-    return png_bytes(caption(grid, captions, pad=2 * scale, row_height=images.shape[-2] * scale)
-                     if captions else grid)
+    return png_bytes(grid_image(images, nrow, scale, captions))
 
 
 def caption(grid: torch.Tensor, captions: Captions, pad: int, row_height: int) -> torch.Tensor:
@@ -105,8 +111,23 @@ def caption(grid: torch.Tensor, captions: Captions, pad: int, row_height: int) -
 
 def save_grid(images: torch.Tensor, path, nrow: int = 8, scale: int = 2,
               captions: Captions | None = None) -> Path:
-    from dlcli.checkpoint import atomic_write
+    from dlcli.fileio import atomic_write
 
     data = grid_png(images, nrow, scale, captions)
     atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
     return Path(path)
+
+
+def encode(images: torch.Tensor, fmt: str, nrow: int = 8, captions: Captions | None = None) -> bytes:
+    """The bytes of a sample file: a captioned PNG grid, or (npy) the images themselves as
+    a float32 array of shape (N, C, H, W) in [0, 1]."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    if fmt == "png":
+        return grid_png(images, nrow, captions=captions)
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, images.numpy().astype("float32"))
+    return buf.getvalue()

@@ -122,7 +122,7 @@ def _resized(x: np.ndarray, height: int, width: int) -> np.ndarray:
 def load_classifier(checkpoint, device: str = "auto"):
     from dlcli.checkpoint import load_checkpoint
     from dlcli.registry import TOY_DATASETS, get_spec, list_models
-    from dlcli.train import pick_device
+    from dlcli.runtime import pick_device
 
     ckpt = load_checkpoint(checkpoint)
     spec = get_spec(ckpt.model)

@@ -59,7 +59,7 @@ def read_records(path: Path) -> tuple[list[dict], int]:
 def read_checkpoint_header(path: Path) -> dict:
     """What a checkpoint's header says about its run: model, config, provenance, epoch,
     step, metrics and the batch a mid-epoch save stopped at. No tensor is read."""
-    from dlcli.inspect import check_metadata, read_header
+    from dlcli.header import check_metadata, read_header
 
     meta = read_header(path).get("__metadata__") or {}
     if "model" not in meta or "config" not in meta:

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from dlcli.checkpoint import atomic_write, flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from dlcli.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from dlcli.errors import DlcliError
+from dlcli.fileio import atomic_write
 from dlcli.inspect import describe
 
 
@@ -105,10 +106,10 @@ def test_no_unsafe_loading_in_package():
 def test_written_files_follow_the_umask(tmp_path, monkeypatch):
     """mkstemp's private 0600 must not survive the rename: others on a shared machine
     should read a checkpoint as they read any file its owner writes."""
-    from dlcli import checkpoint
+    from dlcli import fileio
 
     for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
-        monkeypatch.setattr(checkpoint, "UMASK", umask)
+        monkeypatch.setattr(fileio, "UMASK", umask)
         atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
         assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == mode
 

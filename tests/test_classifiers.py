@@ -150,7 +150,7 @@ def test_bf16_precision_trains_on_cpu():
 def test_bf16_matmul_precision_and_what_auto_picks():
     import torch
 
-    from dlcli.train import Bf16Matmuls, resolve_precision
+    from dlcli.runtime import Bf16Matmuls, resolve_precision
 
     cpu = torch.device("cpu")
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -196,7 +196,7 @@ def test_a_forward_after_a_step_sees_the_new_weights_under_bf16():
 def test_compile_falls_back_cleanly_when_the_backend_fails(monkeypatch, capsys):
     import torch
 
-    from dlcli import train as training
+    from dlcli import runtime
 
     def broken_compile(fn, **kwargs):
         def run(*args, **kw):
@@ -205,7 +205,7 @@ def test_compile_falls_back_cleanly_when_the_backend_fails(monkeypatch, capsys):
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     layer = torch.nn.Linear(2, 1)
-    training.compile_modules({"layer": layer})
+    runtime.compile_modules({"layer": layer})
     x = torch.ones(3, 2)
     assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
     layer(x)  # warns once, not per call

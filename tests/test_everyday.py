@@ -161,7 +161,7 @@ def _metrics(run, epochs: int):
 def test_curves_one_panel_per_quantity(tmp_path, epochs):
     from PIL import Image
 
-    from dlcli.train import plot_metrics, quantity, unit_of
+    from dlcli.reporters.curves import plot_metrics, quantity, unit_of
 
     _metrics(tmp_path / "run", epochs)
     plot_metrics(tmp_path / "run", monitor="val_loss")

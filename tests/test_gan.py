@@ -55,7 +55,8 @@ def test_training_writes_run_with_both_networks(trained, model):
     optimizers = ckpt.state["task"]["optimizers"]
     assert set(optimizers) == {"generator", "discriminator"}
     assert all(len(o["state"]) > 0 for o in optimizers.values())
-    epoch = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epoch = [r for r in records if r["kind"] == "epoch"][-1]  # the last line says how it ended
     for key in ("train_d_loss", "train_g_loss", "train_d_x", "train_d_g_z", "diversity"):
         assert np.isfinite(epoch[key]), key
     assert 0 < epoch["train_d_x"] < 1 and 0 < epoch["train_d_g_z"] < 1
@@ -69,7 +70,7 @@ def test_training_writes_run_with_both_networks(trained, model):
 def test_ema_follows_the_generator_in_channels_last_memory():
     """Moving the conv nets to channels-last (bf16 on a CPU, any CUDA run) gives them new
     tensors; the EMA must average those, not the ones the task was built with."""
-    from dlcli.train import use_fast_paths
+    from dlcli.runtime import use_fast_paths
 
     spec = get_spec("dcgan")
     task = spec.load_task()(spec, tiny_config("dcgan"), torch.device("cpu"))

@@ -148,7 +148,7 @@ def test_average_refuses_checkpoints_that_mean_different_things(capsys, tmp_path
                          "-o", tmp_path / "avg.safetensors"), "dataset", "'and'", "'xor'")
     assert not (tmp_path / "avg.safetensors").exists()
 
-    from dlcli.average import meaning_difference
+    from dlcli.checkpointer import meaning_difference
 
     a = SimpleNamespace(config={"d_model": 8, "lr": 1.0}, meta={"tokenizer": "A"})
     assert meaning_difference(a, SimpleNamespace(config={"d_model": 8, "lr": 2.0},

@@ -88,8 +88,8 @@ def test_numbers_corpus_keeps_test_out_of_training():
 
 
 def test_tiny_model_learns_to_copy():
+    from dlcli.models.decoding import beam_search, greedy
     from dlcli.optim import Schedule
-    from dlcli.translate import beam_search, greedy
 
     torch.manual_seed(0)
     vocab = 14
@@ -139,8 +139,8 @@ def test_tied_embedding_checkpoint_round_trip(tmp_path):
 
 
 def test_average_is_the_mean_of_the_weights(tmp_path):
-    from dlcli.average import average_checkpoints
     from dlcli.checkpoint import load_checkpoint, save_checkpoint
+    from dlcli.checkpointer import average_checkpoints
     from dlcli.config import resolve_config
     from dlcli.models.mlp import MLP
 

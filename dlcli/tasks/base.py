@@ -2,21 +2,25 @@
 
 A Task owns its modules (`self.modules`, saved as "model/<name>/..."; made by build()), its
 optimizers and schedulers (made by build_optimizers(), for training only), and its data.
-The loop in dlcli/train.py calls, per epoch:
+The loop in dlcli/train.py calls only what this class declares. Per epoch:
 
+    task.train_mode(True)
     batches = task.train_batches(epoch)      # a Sequence; deterministic for (seed, epoch)
-    for batch in batches: logs = task.train_step(batch)   # logs: floats, "loss" first
+    for batch in batches:
+        logs = task.train_step(batch)        # floats; task.losses must stay finite
+        task.batch_items(batch)              # throughput, in task.item_name per second
+    task.train_mode(False)
     metrics = task.validate()                # floats; task.monitor picks best.safetensors
-    task.end_of_epoch(epoch, run_dir)        # pictures into run_dir/samples
+    pictures = task.end_of_epoch(epoch)      # {tag: (images, nrow, captions)}, for reporters
+    if task.done: stop early                 # converged (set in validate)
 
-and saves checkpoints holding task.modules, task.training_state() and
-task.checkpoint_extra(). `sample`, `evaluate` and `translate` rebuild a Task, without
+and at the end, task.report(epochs) for the console. Checkpoints hold task.modules,
+task.training_state() and task.checkpoint_extra(); a resume calls
+task.load_training_state(). `sample`, `evaluate` and `translate` rebuild a Task, without
 optimizers, with `Task.from_checkpoint(ckpt, device)`.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 
@@ -26,7 +30,10 @@ from dlcli.errors import DlcliError
 
 class Task:
     monitor: str | None = "val_loss"  # lower is better; None: best.safetensors = last epoch
+    losses: tuple[str, ...] = ("loss",)  # train_step's losses: one not finite = diverged
     item_name = "img"  # unit of throughput on the progress bar (img/s, tok/s)
+    done = False  # converged: set (in validate) to stop before the last epoch
+    data_source = ""  # where the data came from, in words (set by setup_data)
 
     def __init__(self, spec, config: dict, device: torch.device, data_dir=None,
                  meta: dict[str, str] | None = None, trains: bool = True):
@@ -66,8 +73,15 @@ class Task:
     def validate(self) -> dict[str, float]:
         return {}
 
-    def end_of_epoch(self, epoch: int, run_dir: Path) -> None:
-        """Pictures and other per-epoch artefacts; runs after validation."""
+    def end_of_epoch(self, epoch: int) -> dict:
+        """Pictures of the model after `epoch` epochs (1-based; after validation), by tag:
+        {tag: (images in [0, 1] of shape (N, C, H, W), images per row, captions or None)}.
+        Reporters write them as samples/TAG-NNN.png and log them."""
+        return {}
+
+    def report(self, epochs_run: int) -> str | None:
+        """A verdict for the console when training has finished (or None)."""
+        return None
 
     def evaluate(self, **options) -> dict:
         raise DlcliError(f"evaluate is not available for {self.spec.name}")
@@ -121,10 +135,10 @@ class Task:
 
     def data_info(self) -> dict:
         """What evaluate scores (after setup_data): dataset, split, items, where from."""
-        from dlcli.train import dataset_name
+        from dlcli.config import dataset_name
 
         return {"dataset": dataset_name(self.config), "split": "test", "items": self.test_items(),
-                "source": getattr(self, "data_source", "")}
+                "source": self.data_source}
 
     def setup_eval_data(self) -> None:
         """setup_data(), then say on stderr which data evaluate scores."""

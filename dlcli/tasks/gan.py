@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +43,7 @@ def binary_entropy(p: float) -> float:
 
 
 class GANTask(ImageTask):
+    losses = ("d_loss", "g_loss")
     monitor = None  # no validation loss means anything for a GAN: best = last
     drop_last = True  # BatchNorm statistics of equal-sized batches
 
@@ -245,9 +245,9 @@ class GANTask(ImageTask):
                     pass
         return self._judge
 
-    def end_of_epoch(self, epoch: int, run_dir: Path) -> None:
-        self.write_grid(self.fixed_samples(), Path(run_dir) / "samples" / f"epoch-{epoch:03d}.png",
-                        GRID_ROWS, self.captions(GRID_ROWS * GRID_ROWS, "all"))
+    def end_of_epoch(self, epoch: int) -> dict:
+        """samples/epoch-NNN.png: the same noise every epoch, so the grids show G learning."""
+        return {"epoch": (self.fixed_samples(), GRID_ROWS, self.captions(GRID_ROWS * GRID_ROWS, "all"))}
 
     # ---- sampling and evaluation --------------------------------------------------
     @torch.no_grad()

@@ -3,8 +3,6 @@ loading, the validation hold-out, batching by indexing, and picture grids."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from dlcli.data.batches import IndexBatches, epoch_permutation
@@ -63,11 +61,6 @@ class ImageTask(Task):
     def eval_batches(self, split: str = "val", batch_size: int = 1000):
         data = self.val_data if split == "val" and self.val_data is not None else self.test_data
         return in_order(data, batch_size)
-
-    def write_grid(self, images: torch.Tensor, path: Path, nrow: int, captions=None) -> None:
-        from dlcli.images import save_grid
-
-        save_grid(images, path, nrow=nrow, captions=captions)
 
     def class_list(self) -> list[str]:
         """Class names: the loaded data's, else the dataset's (a checkpoint names it)."""

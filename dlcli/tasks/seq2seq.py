@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -138,7 +137,7 @@ class Seq2SeqTask(Task):
                              "together")
 
     def translator(self):
-        from dlcli.translate import Translator
+        from dlcli.models.decoding import Translator
 
         return Translator(self.model, self.tokenizer, self.config["length_penalty"])
 
@@ -227,26 +226,12 @@ class Seq2SeqTask(Task):
             out.update(val_bleu=scores["bleu"], val_exact_match=scores["exact_match"])
         return out
 
-    def end_of_epoch(self, epoch: int, run_dir: Path) -> None:
+    def end_of_epoch(self, epoch: int) -> dict:
+        """No pictures: a translation of the first validation sentence instead (keep_epochs
+        snapshots and their average are the Checkpointer's)."""
         if getattr(self, "last_example", None):
             notice(f"  {self.last_example[0]}  ->  {self.last_example[1]}")
-        keep = self.config["keep_epochs"]
-        if keep < 1:
-            return
-        from dlcli.checkpoint import save_checkpoint
-
-        path = run_dir / f"epoch-{epoch:03d}.safetensors"
-        save_checkpoint(path, model=self.spec.name, config=self.config, modules=self.modules,
-                        epoch=epoch, extra=self.checkpoint_extra())
-        kept = sorted(run_dir.glob("epoch-*.safetensors"))
-        for old in kept[:-keep]:
-            old.unlink()
-        if epoch == self.config["epochs"] and len(kept[-keep:]) > 1:
-            from dlcli.average import average_checkpoints
-
-            target = run_dir / "averaged.safetensors"
-            average_checkpoints(kept[-keep:], target)
-            notice(f"averaged the last {len(kept[-keep:])} epochs into {target}")
+        return {}
 
     # ---- evaluation ----------------------------------------------------------------
     def evaluate(self, **options) -> dict:

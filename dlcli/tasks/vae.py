@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import torch
 
@@ -26,6 +25,7 @@ EVAL_SEED = 1234  # evaluation noise is fixed, so the same checkpoint gives the 
 
 
 class VAETask(ImageTask):
+    losses = ("loss", "nelbo", "recon", "kl")
     def build(self) -> None:
         from dlcli.models.vae import VAE
 
@@ -123,7 +123,7 @@ class VAETask(ImageTask):
     def checkpoint_extra(self) -> dict[str, str]:
         return {"latent_kl": json.dumps(self.latent_kl)} if self.latent_kl else {}
 
-    def end_of_epoch(self, epoch: int, run_dir: Path) -> None:
+    def end_of_epoch(self, epoch: int) -> dict:
         """samples/epoch-NNN.png from the same noise every epoch (so the grids show the
         model learning), and samples/recon-NNN.png: validation digits over their
         reconstructions."""
@@ -131,12 +131,11 @@ class VAETask(ImageTask):
         try:
             torch.manual_seed(self.config["seed"])
             n, label = (100, "all") if self.conditional else (64, None)
-            images, nrow = self.sample(n, label=label)
-            self.write_grid(images, run_dir / "samples" / f"epoch-{epoch:03d}.png", nrow,
-                            self.captions(n, label))
-            images, nrow = self.reconstructions(self.val_data or self.test_data, 32, 8)
-            self.write_grid(images, run_dir / "samples" / f"recon-{epoch:03d}.png", nrow,
-                            self.recon_captions(len(images) // nrow))
+            samples, nrow = self.sample(n, label=label)
+            pictures = {"epoch": (samples, nrow, self.captions(n, label))}
+            recons, nrow = self.reconstructions(self.val_data or self.test_data, 32, 8)
+            pictures["recon"] = (recons, nrow, self.recon_captions(len(recons) // nrow))
+            return pictures
         finally:
             torch.set_rng_state(state)
 

@@ -1,0 +1,176 @@
+"""A run's checkpoint policy, and weight averaging.
+
+The Checkpointer writes, in the run folder: last.safetensors after every epoch (and when
+stopped mid-epoch; it holds the training state --resume needs), best.safetensors when the
+monitored metric improves, epoch-NNN.safetensors for the last `keep_epochs` epochs when the
+config asks, and at the end of training the average of those (averaged.safetensors).
+average_checkpoints is also `dlcli average`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from dlcli.checkpoint import load_checkpoint, save_checkpoint
+from dlcli.errors import DlcliError
+from dlcli.fileio import atomic_write
+from dlcli.registry import get_spec
+from dlcli.runtime import rng_state
+
+
+class Checkpointer:
+    """Checkpoints of `task` in `run_dir`; with run_dir None (ranks other than 0 under
+    torchrun) it writes nothing."""
+
+    def __init__(self, task, run_dir: Path | None, provenance: dict | None = None,
+                 best: float | None = None, reporter=None):
+        self.task, self.dir, self.provenance = task, run_dir, provenance or {}
+        self.best = best  # the best monitored value so far (a resumed run's, to begin with)
+        self.reporter = reporter  # told of each file written
+        self.last = run_dir / "last.safetensors" if run_dir else None
+        self.best_path = run_dir / "best.safetensors" if run_dir else None
+        self.keep = int(task.config.get("keep_epochs", 0))
+        self.metrics: dict = {}  # the last epoch's, which a mid-epoch checkpoint carries too
+
+    def save(self, epoch_done: int, batch: int, step: int) -> None:
+        """last.safetensors: the weights and everything --resume needs to continue after
+        `batch` batches of epoch `epoch_done` + 1 (0: at the epoch's start)."""
+        if self.dir is None:
+            return
+        task = self.task
+        state = {"task": task.training_state(), "rng": rng_state(), "batch": batch, "best": self.best}
+        # the data folder too, so that --resume finds the same data without --data-dir
+        where = {"data_dir": str(Path(task.data_dir).absolute())} if task.data_dir else {}
+        origin = {"provenance": json.dumps(self.provenance)} if self.provenance else {}
+        save_checkpoint(self.last, model=task.spec.name, config=task.config, modules=task.modules,
+                        epoch=epoch_done, step=step, metrics=self.metrics, state=state,
+                        extra={**task.checkpoint_extra(), **where, **origin})
+        self._wrote(self.last, "last")
+
+    def end_of_epoch(self, epoch: int, step: int, metrics: dict) -> None:
+        """After epoch `epoch` (1-based) has been validated: last, best if it improved,
+        and the epoch's own snapshot if the config keeps some."""
+        monitor = self.task.monitor
+        improved = monitor is None or self.best is None or metrics.get(monitor, math.inf) < self.best
+        if improved and monitor is not None:
+            self.best = metrics.get(monitor)
+        if self.keep > 0:
+            self.snapshot(epoch)
+        self.metrics = metrics
+        self.save(epoch, 0, step)
+        if improved and self.dir is not None:
+            atomic_write(self.best_path, lambda tmp: shutil.copyfile(self.last, tmp))
+            self._wrote(self.best_path, "best")
+
+    def snapshot(self, epoch: int) -> None:
+        """epoch-NNN.safetensors (weights only), keeping the newest `keep_epochs`."""
+        if self.dir is None:
+            return
+        task = self.task
+        path = self.dir / f"epoch-{epoch:03d}.safetensors"
+        save_checkpoint(path, model=task.spec.name, config=task.config, modules=task.modules,
+                        epoch=epoch, extra=task.checkpoint_extra())
+        self._wrote(path, "epoch")
+        for old in self.kept()[:-self.keep]:
+            old.unlink()
+
+    def kept(self) -> list[Path]:
+        return sorted(self.dir.glob("epoch-*.safetensors"))
+
+    def finish(self) -> None:
+        """Training ran its course: average the kept epochs into averaged.safetensors (the
+        mean of the last few epochs' weights often scores better than any one of them)."""
+        if self.dir is None or self.keep < 1 or len(self.kept()) < 2:
+            return
+        from dlcli.console import notice
+
+        kept = self.kept()
+        target = self.dir / "averaged.safetensors"
+        average_checkpoints(kept, target)
+        notice(f"averaged the last {len(kept)} epochs into {target}")
+        self._wrote(target, "averaged")
+
+    def checkpoint(self) -> Path | None:
+        """What the run hands on: best.safetensors, else last.safetensors (None: neither)."""
+        if self.dir is None:
+            return None
+        return next((p for p in (self.best_path, self.last) if p.is_file()), None)
+
+    def _wrote(self, path: Path, role: str) -> None:
+        if self.reporter is not None:
+            self.reporter.checkpoint(path, role)
+
+
+# ---- averaging --------------------------------------------------------------------------
+
+STANDARD_KEYS = {"format", "model", "dlcli_version", "config", "epoch", "step", "metrics",
+                 "modules", "parameters", "state"}
+# Config keys that steer how a model trains or samples, not what it computes: checkpoints
+# may differ in these (the epochs of one run, runs of several seeds) and still be averaged.
+TRAINING_KEYS = {"epochs", "lr", "seed", "batch_size", "optimizer", "momentum", "weight_decay",
+                 "schedule", "lr_decay", "warmup", "clip_norm", "beta1", "beta2", "d_lr_scale",
+                 "label_smoothing", "dropout", "d_dropout", "precision", "val_size", "keep_epochs",
+                 "val_translate", "ema", "beta", "gamma", "capacity", "capacity_epochs",
+                 "truncation", "temperature", "beam", "length_penalty", "data", "train_size",
+                 "logger"}
+# Metadata that gives the weights their meaning: the same numbers under another tokenizer
+# or other class names are another model.
+MEANING_KEYS = ("tokenizer", "classes", "class_names", "image_shape", "normalization")
+
+
+def meaning_difference(a, b) -> str | None:
+    """What makes checkpoints a and b models of different things, or None."""
+    ca, cb = a.config, b.config
+    for key in sorted((ca.keys() | cb.keys()) - TRAINING_KEYS):
+        if ca.get(key) != cb.get(key):
+            return f"config {key} is {ca.get(key)!r} in one and {cb.get(key)!r} in the other"
+    for key in MEANING_KEYS:
+        if a.meta.get(key) != b.meta.get(key):
+            return f"their {key.replace('_', ' ')} differ"
+    return None
+
+
+def average_checkpoints(paths, output) -> Path:
+    ckpts = [load_checkpoint(p) for p in paths]
+    last = ckpts[-1]
+    for c in ckpts[:-1]:
+        if c.model != last.model:
+            raise DlcliError(f"cannot average a {c.model} checkpoint ({c.path}) with a "
+                             f"{last.model} one ({last.path})")
+        difference = meaning_difference(c, last)
+        if difference:
+            raise DlcliError(f"cannot average {c.path} with {last.path}: {difference}")
+    modules = {}
+    for name in last.module_names():
+        reference = last.state_dict(name)
+        summed = {}
+        for c in ckpts:
+            state = c.state_dict(name)
+            if state.keys() != reference.keys() or any(
+                    state[k].shape != reference[k].shape for k in reference):
+                raise DlcliError(f"{c.path} and {last.path} hold different architectures; "
+                                 "only checkpoints of one training setup can be averaged")
+            for key, tensor in state.items():
+                summed[key] = summed.get(key, 0) + tensor.double()
+        modules[name] = {
+            # integer buffers (BatchNorm's batch counter) are counts, not weights: keep the last
+            key: (value / len(ckpts)).to(reference[key].dtype)
+            if reference[key].is_floating_point() else reference[key]
+            for key, value in summed.items()}
+    # Rebuild the model from the last checkpoint and give it the mean weights, so what is
+    # saved is a real module (parameter counts, tied weights) like any training checkpoint.
+    spec = get_spec(last.model)
+    task = spec.load_task().from_checkpoint(spec, last, torch.device("cpu"))
+    for name, module in task.modules.items():
+        module.load_state_dict(modules[name])
+    extra = {k: v for k, v in last.meta.items() if k not in STANDARD_KEYS}
+    extra["averaged_from"] = json.dumps([str(c.path) for c in ckpts])
+    metrics = {"averaged_checkpoints": len(ckpts)}
+    return save_checkpoint(output, model=last.model, config=last.config, modules=task.modules,
+                           epoch=last.epoch, step=last.step, metrics=metrics, extra=extra)
+
