@@ -271,7 +271,10 @@ class Run:
 
     @property
     def monitor(self) -> str | None:
-        return monitored_metric(self.model)
+        starts = [r for r in self.records if r.get("kind") == "start" and "monitor" in r]
+        if starts:
+            return starts[-1]["monitor"]
+        return monitored_metric(self.model)  # a run from before the start record
 
     @functools.cached_property
     def best(self) -> float | None:

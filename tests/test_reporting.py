@@ -49,7 +49,8 @@ def logged_run(tmp_path_factory):
 
 def test_metrics_file_ends_with_how_the_run_ended(logged_run):
     kinds = [r["kind"] for r in records(logged_run)]
-    assert kinds == ["step", "step", "epoch", "end"]
+    assert kinds == ["start", "step", "step", "epoch", "end"]
+    assert records(logged_run)[0] == {"kind": "start", "epochs": 1, "monitor": None}  # GANs keep the last
     end = records(logged_run)[-1]
     assert end["state"] == "finished" and end["epochs"] == 1 and end["step"] == 100
     assert end["checkpoint"].endswith("best.safetensors") and end["seconds"] > 0
@@ -64,7 +65,7 @@ def test_tensorboard_holds_every_scalar_of_metrics_jsonl_and_the_samples(logged_
                               size_guidance={"scalars": 0, "images": 0, "tensors": 0}).Reload()
     scalars = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
     expected = 0
-    for record in records(logged_run)[:-1]:
+    for record in records(logged_run)[1:-1]:  # the step and epoch records
         for key, value in record.items():
             if key not in ("kind", "epoch", "step") and isinstance(value, (int, float)):
                 logged = scalars[f"{record['kind']}/{key}"][record["step"]]

@@ -336,3 +336,28 @@ def test_runs_help_is_torch_free_with_examples():
     assert result["torch"] is False
     for name, page in result["pages"].items():
         assert "Examples:" in page and f"dlcli {name}" in page.split("Examples:")[1], name
+
+
+def test_listing_runs_with_start_records_is_torch_free(tmp_path):
+    """The start record names the monitored metric, so a listing needs no model task."""
+    for model, monitor in (("mlp", "val_loss"), ("gan", None)):
+        make_run(tmp_path / model / "20260101-120000", model=model, done=1,
+                 records=[{"kind": "start", "epochs": 3, "monitor": monitor},
+                          {"kind": "epoch", "epoch": 1, "step": 10, "val_loss": 0.25}])
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from dlcli.cli import main\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        "    try:\n"
+        f"        main(['runs', '--root', {str(tmp_path)!r}, '--json'])\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, e.code\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'rows': json.loads(buf.getvalue())}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["torch"] is False
+    best = {r["model"]: (r["monitor"], r["best"]) for r in result["rows"]}
+    assert best == {"mlp": ("val_loss", 0.25), "gan": (None, None)}

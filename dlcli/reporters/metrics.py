@@ -11,6 +11,8 @@ from dlcli.reporters import End, Reporter, Run
 class MetricsFile(Reporter):
     def start(self, run: Run) -> None:
         self.file = open(run.dir / "metrics.jsonl", "a", encoding="utf-8")
+        # what `dlcli runs` needs without importing the model's task (and torch)
+        self.write({"kind": "start", "epochs": run.epochs, "monitor": run.monitor})
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
