@@ -5,13 +5,12 @@ it). `train`, `sample`, `evaluate`, `translate` and `predict` import this, not t
 from __future__ import annotations
 
 import contextlib
-import functools
 import random
 
 import torch
 
 from dlcli.config import PRECISIONS
-from dlcli.console import notice, warn
+from dlcli.console import warn
 from dlcli.errors import DlcliError
 
 
@@ -81,33 +80,12 @@ def resolve_precision(device: torch.device, precision: str, convolutional: bool 
         native = device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         if not native:
             return "32"
-        if convolutional:
-            return "bf16"
-        return "bf16-matmul" if bf16_matmuls_take_effect() else "32"
+        return "bf16" if convolutional else "bf16-matmul"
     if precision not in PRECISIONS:
         raise DlcliError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "16-mixed" and device.type != "cuda":
         raise DlcliError("precision 16-mixed needs a CUDA device; use bf16 on CPU")
-    if precision == "bf16-matmul" and device.type == "cpu" and not bf16_matmuls_take_effect():
-        notice("bf16-matmul has no effect on this CPU (its oneDNN multiplies float32 matrices "
-               "in float32; bfloat16 products need AMX): training in float32")
-        return "32"
     return precision
-
-
-@functools.cache
-def bf16_matmuls_take_effect() -> bool:
-    """Does this CPU multiply float32 matrices in bfloat16 when asked (the bf16-matmul
-    precision)? oneDNN honours the request only on some hardware (AMX) and silently
-    computes in float32 elsewhere, so ask the library itself: one small product, once."""
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(64, 256, generator=g), torch.randn(256, 64, generator=g)
-    exact = a @ b
-    with Bf16Matmuls():
-        inside = a @ b
-    # rounding the inputs to bfloat16 (8 bits of mantissa) moves these sums by ~0.1;
-    # float32 kernels differ among themselves by ~1e-5
-    return bool((inside - exact).abs().max() > 1e-2)
 
 
 class Bf16Matmuls:

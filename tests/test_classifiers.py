@@ -150,14 +150,12 @@ def test_bf16_precision_trains_on_cpu():
 def test_bf16_matmul_precision_and_what_auto_picks():
     import torch
 
-    from dlcli.runtime import Bf16Matmuls, bf16_matmuls_take_effect, resolve_precision
+    from dlcli.runtime import Bf16Matmuls, resolve_precision
 
     cpu = torch.device("cpu")
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    effective = bf16_matmuls_take_effect()  # oneDNN honours it on AMX CPUs only
     assert resolve_precision(cpu, "auto", convolutional=True) == ("bf16" if native else "32")
-    assert resolve_precision(cpu, "auto") == ("bf16-matmul" if native and effective else "32")
-    assert resolve_precision(cpu, "bf16-matmul") == ("bf16-matmul" if effective else "32")
+    assert resolve_precision(cpu, "auto") == ("bf16-matmul" if native else "32")
     a, b = torch.randn(64, 300), torch.randn(300, 50)
     exact = a @ b
     before = torch.get_float32_matmul_precision()
@@ -165,11 +163,12 @@ def test_bf16_matmul_precision_and_what_auto_picks():
         inside = a @ b
     assert torch.get_float32_matmul_precision() == before
     assert torch.equal(a @ b, exact) and inside.dtype == torch.float32
-    rounded = a.bfloat16().float() @ b.bfloat16().float()  # inputs in bfloat16, sums in float32
-    if effective:
-        assert (inside - rounded).abs().max() < 1e-3 < (inside - exact).abs().max()
-    else:  # the probe said float32, and float32 it is
-        assert (inside - exact).abs().max() < 1e-3 < (inside - rounded).abs().max()
+    # oneDNN chooses the kernel: with AMX the inputs are rounded to bfloat16 (the sums kept
+    # in float32); without it the products stay as accurate as float32's. Either way, no
+    # worse than bfloat16 inputs.
+    rounded = a.bfloat16().float() @ b.bfloat16().float()
+    error = (rounded - exact).abs().max()
+    assert min((inside - rounded).abs().max(), (inside - exact).abs().max()) < error / 100
     proc = run_cli("train", "mlp", "--dataset", "xor", "--precision", "bf16-matmul", check=0)
     metrics = json.loads(run_cli("evaluate", proc.stdout.strip(), "--json", check=0).stdout)
     assert metrics["accuracy"] == 1.0
