@@ -136,4 +136,5 @@ register(ModelSpec(
 register(ModelSpec(
     "transformer", "seq2seq", "dlcli.tasks.seq2seq:Seq2SeqTask", "numbers", ("text",),
     "encoder-decoder Transformer (Vaswani et al., 2017) behind `dlcli translate`",
+    builder="dlcli.models.transformer:build",
 ))

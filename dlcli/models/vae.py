@@ -15,9 +15,9 @@ more independent units; Burgess et al. (2018) instead pull the KL towards a capa
 that grows during training: loss = recon + gamma * |KL - C|.
 
 Both networks come as an MLP (`arch: mlp`, any image shape) or a small convnet (`arch:
-conv`): stride-2 4x4 convolutions halve the image until its longer side is at most 8
-pixels (two layers at 28 and 32 pixels, three at 64), so each side must divide by 2 to the
-number of layers (28, 32, 48, 64, 96, 128, ...).
+conv`): stride-2 4x4 convolutions halve the image while its longer side is more than 8
+pixels and both sides are even, at least twice (28 -> 14 -> 7, 32 -> 16 -> 8, 64 -> 8 in
+three), so it takes any sides divisible by 4.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import nn
 
 from dlcli.errors import DlcliError
 
-SMALLEST_MAP = 8  # the conv encoder halves the image until its longer side is at most this
+SMALLEST_MAP = 8  # the conv encoder halves the image while its longer side is more than this
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -44,10 +44,11 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 def conv_depth(shape) -> int:
-    """How many stride-2 layers the conv networks use for images of this shape."""
-    depth, side = 0, max(shape[1:])
-    while side > SMALLEST_MAP or depth < 2:
-        depth, side = depth + 1, side // 2
+    """How many stride-2 layers the conv networks use for images of this shape: two, then
+    more while the maps stay even and larger than SMALLEST_MAP."""
+    depth, height, width = 2, shape[1] // 4, shape[2] // 4
+    while max(height, width) > SMALLEST_MAP and height % 2 == 0 and width % 2 == 0:
+        depth, height, width = depth + 1, height // 2, width // 2
     return depth
 
 
@@ -204,13 +205,11 @@ def build(config: dict, data: dict, classes: int = 0) -> VAE:
         raise DlcliError(f"unknown arch {config['arch']!r}; choose one of: mlp, conv")
     if config["latent"] < 1 or not config["hidden"] and config["arch"] == "mlp":
         raise DlcliError("latent must be at least 1 unit, and an mlp needs a hidden layer")
-    if config["arch"] == "conv":
-        layers = conv_depth(shape)
-        if shape[1] % 2 ** layers or shape[2] % 2 ** layers:
-            raise DlcliError(
-                f"the conv VAE halves {'x'.join(map(str, shape[1:]))} images {layers} times, so "
-                f"each side must divide by {2 ** layers} (it takes 28, 32, 48, 64, 96, 128...); "
-                "choose another image_size, or --set arch=mlp")
+    if config["arch"] == "conv" and (shape[1] % 4 or shape[2] % 4):
+        raise DlcliError(
+            f"the conv VAE halves its images at least twice, so each side must divide by 4 "
+            f"(28, 32, 64, ...); these are {'x'.join(map(str, shape[1:]))}: choose another "
+            "image_size, or --set arch=mlp")
     return VAE(shape, config["latent"], config["hidden"], config["arch"], config["channels"],
                classes=classes, class_prior=config["class_prior"])
 

@@ -24,10 +24,6 @@ class ClassifierTask(ImageTask):
     """A network that maps an input to class scores, trained by gradient descent."""
 
     def build_networks(self) -> None:
-        if self.config["dataset"] not in self.spec.datasets and "data" not in self.config:
-            raise DlcliError(
-                f"{self.spec.name} cannot train on {self.config['dataset']!r}; "
-                f"choose one of: {', '.join(self.spec.datasets)}")
         if self.classes < 2:
             raise DlcliError(f"a classifier needs labeled images of at least two classes; "
                              f"{self.data_spec['dataset']} has {self.classes or 'no'} class"

@@ -12,6 +12,7 @@ description was kept are MNIST-shaped, of the dataset their config names.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,36 @@ def legacy_description(config: dict) -> dict:
             "mean": list(mean), "std": list(std)}
 
 
+MAX_SIDE, MAX_CHANNELS, MAX_CLASSES = 8192, 16, 100_000  # far beyond any real image data
+
+
+def checked_description(text: str) -> dict:
+    """A checkpoint's description of its data, refused (before anything is built from it)
+    unless it is what dlcli writes: a damaged or hostile file must not make dlcli build a
+    network of a billion inputs."""
+    try:
+        d = json.loads(text)
+        shape, classes = d["shape"], d["classes"]
+        ok = (isinstance(d["dataset"], str) and isinstance(classes, list)
+              and all(isinstance(c, str) for c in classes) and len(classes) <= MAX_CLASSES
+              and isinstance(shape, list) and len(shape) in (1, 3)
+              and all(isinstance(v, int) and 0 < v for v in shape)
+              and (len(shape) == 1 or shape[0] <= MAX_CHANNELS and max(shape[1:]) <= MAX_SIDE))
+        if ok and len(shape) == 3:
+            stats = d["mean"] + d["std"]
+            ok = (len(d["mean"]) == len(d["std"]) == shape[0]
+                  and all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats)
+                  and all(v > 0 for v in d["std"]))
+    except (ValueError, TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise DlcliError(f"the checkpoint's {DATA_KEY} metadata is not what dlcli writes (a "
+                         "damaged or edited file): it must give the dataset, its shape (C, H, W "
+                         f"up to {MAX_CHANNELS}x{MAX_SIDE}x{MAX_SIDE}), class names and "
+                         "per-channel mean and std")
+    return d
+
+
 def shape_text(shape) -> str:
     return "x".join(map(str, shape))
 
@@ -100,7 +131,7 @@ class ImageTask(Task):
         """The data's description: from the checkpoint being rebuilt or resumed, else from
         the data itself, loaded now."""
         if DATA_KEY in self.meta:
-            return json.loads(self.meta[DATA_KEY])
+            return checked_description(self.meta[DATA_KEY])
         if "config" in self.meta:
             return legacy_description(self.config)
         self.data = self.load_data()

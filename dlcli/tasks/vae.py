@@ -112,7 +112,8 @@ class VAETask(ImageTask):
         return out
 
     def checkpoint_extra(self) -> dict[str, str]:
-        return {"latent_kl": json.dumps(self.latent_kl)} if self.latent_kl else {}
+        kl = {"latent_kl": json.dumps(self.latent_kl)} if self.latent_kl else {}
+        return {**super().checkpoint_extra(), **kl}
 
     def end_of_epoch(self, epoch: int, run_dir: Path) -> None:
         """samples/epoch-NNN.png from the same noise every epoch (so the grids show the
