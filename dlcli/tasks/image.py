@@ -61,18 +61,20 @@ def on_device(device):
     return lambda x, y: to_unit_float(x.to(device, non_blocking=True), y.to(device))
 
 
-def legacy_description(config: dict) -> dict:
-    """What a checkpoint from before the data was described in its metadata was trained on:
-    MNIST-shaped images of its dataset's classes, normalised (by the cnn) with MNIST's
-    statistics, which every model then used whatever the dataset."""
-    from dlcli.data.catalog import get_dataset
-    from dlcli.data.images import KNOWN_STATS
+# What every image checkpoint was before checkpoints described their data: 1x28x28 pixels,
+# and (in the cnn) MNIST's normalisation, whatever the dataset. This is history, so it is
+# written out here rather than read from the catalog, whose numbers may change.
+LEGACY_SHAPE, LEGACY_MEAN, LEGACY_STD = [1, 28, 28], [0.1307], [0.3081]
 
-    mnist = get_dataset("mnist")
-    mean, std = KNOWN_STATS["mnist"]
-    return {"dataset": config["dataset"], "shape": list(mnist.shape),
-            "classes": list(get_dataset(config["dataset"]).classes or mnist.classes),
-            "mean": list(mean), "std": list(std)}
+
+def legacy_description(config: dict) -> dict:
+    """The data a checkpoint from before the data was described in its metadata learned:
+    LEGACY_SHAPE images of its dataset's classes (an MNIST-format dataset's, or digits)."""
+    from dlcli.data.catalog import MNIST_DIGITS, get_dataset
+
+    return {"dataset": config["dataset"], "shape": list(LEGACY_SHAPE),
+            "classes": list(get_dataset(config["dataset"]).classes or MNIST_DIGITS),
+            "mean": list(LEGACY_MEAN), "std": list(LEGACY_STD)}
 
 
 MAX_SIDE, MAX_CHANNELS, MAX_CLASSES = 8192, 16, 100_000  # far beyond any real image data
