@@ -602,7 +602,11 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
 
 
 def dataset_name(config: dict) -> str:
-    return "your own text" if config.get("data") else config["dataset"]
+    if not config.get("data"):
+        return config["dataset"]
+    from dlcli.registry import get_spec
+
+    return "your own text" if "text" in get_spec(config["model"]).data else "your own images"
 
 
 def prepare_task(spec, config: dict, dev: torch.device, data_dir, resume, precision: str | None):

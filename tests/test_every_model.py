@@ -92,6 +92,7 @@ def test_build_train_save_load_use(model, sets, shape, data_of, tmp_path):
     task.setup_data()
     logs = task.train_step(task.train_batches(0)[0])
     assert logs and all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    task.validate()  # the end of an epoch: grids of fixed noise (one row per class), metrics
     path = save_checkpoint(tmp_path / "model.safetensors", model=model, config=task.config,
                            modules=task.modules, extra=task.checkpoint_extra())
 

@@ -30,7 +30,7 @@ from dlcli.tasks.image import ImageTask, interpolation_path, labels_for
 
 D_COLLAPSE_STEPS = 200  # consecutive steps with D's loss at its floor before we warn
 D_COLLAPSE_GAP = 0.01  # "at its floor": within this many nats of the smallest loss possible
-GRID_ROWS = 10  # the fixed-noise grid is 10 x 10
+GRID_ROWS = 10  # the fixed-noise grid: 10 x 10, or 10 of each class (a row each)
 # The collapse warning needs evidence: a judge that reads digits well, enough samples for
 # a histogram of ten classes, and a generator past its first epoch.
 JUDGE_ACCURACY = 0.95
@@ -70,7 +70,7 @@ class GANTask(ImageTask):
         # Fixed noise for the per-epoch grid, from its own generator: drawing it leaves the
         # global RNG stream (and so exact resume) untouched.
         g = torch.Generator().manual_seed(cfg["seed"] + 12345)
-        n = GRID_ROWS * GRID_ROWS
+        n = GRID_ROWS * (self.classes if self.conditional else GRID_ROWS)
         self.fixed_z = torch.randn(n, cfg["latent_dim"], generator=g).to(self.device)
         self.fixed_y = (labels_for("all", n, self.classes, self.device)[0]
                         if self.conditional else None)
