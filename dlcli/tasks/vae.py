@@ -176,6 +176,8 @@ class VAETask(ImageTask):
             torch.set_rng_state(state)
             suffix = "" if not out else f"_temperature_{temperature:g}"
             out.update({f"label_accuracy{suffix}": scores["label_accuracy"],
+                        f"label_accuracy_per_class{suffix}": scores["label_accuracy_per_class"],
+                        # the name it had when every dataset was of digits
                         f"label_accuracy_per_digit{suffix}": scores["label_accuracy_per_class"],
                         f"cfid{suffix}": scores["cfid"],
                         f"confidence{suffix}": scores["confidence"]})
