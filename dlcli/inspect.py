@@ -37,12 +37,12 @@ def read_header(path: Path) -> dict:
 
 def check_metadata(path: Path, meta: dict[str, str]) -> None:
     """A damaged or hand-edited header says so here, not as a JSON traceback later."""
-    for key in ("config", "metrics", "modules", "parameters", "state", "provenance"):
+    for key in ("config", "metrics", "modules", "parameters", "state", "provenance", "image_data"):
         try:
             value = json.loads(meta[key]) if key in meta else {}
         except (json.JSONDecodeError, RecursionError):  # RecursionError: nested past reason
             value = None
-        if value is None or (key == "config" and not isinstance(value, dict)):
+        if value is None or (key in ("config", "image_data") and not isinstance(value, dict)):
             raise DlcliError(f"{path}: its {key!r} metadata is not what dlcli writes (a damaged "
                              "or edited checkpoint)")
     for key in ("epoch", "step"):
@@ -72,7 +72,8 @@ def describe(path) -> dict:
     # trainable parameters per module, as counted at save time (buffers excluded)
     counts = json.loads(meta.get("parameters", "{}"))
     plain = {k: v for k, v in meta.items()
-             if k not in ("config", "metrics", "state", "modules", "parameters", "provenance")}
+             if k not in ("config", "metrics", "state", "modules", "parameters", "provenance",
+                          "image_data")}
     return {
         "path": str(path),
         "file_size": path.stat().st_size,
@@ -84,6 +85,7 @@ def describe(path) -> dict:
         "metrics": json.loads(meta.get("metrics", "{}")),
         "config": json.loads(meta["config"]),
         "provenance": json.loads(meta.get("provenance", "{}")),
+        "data": json.loads(meta.get("image_data", "{}")),  # the images it learned: shape, classes
         "parameters": sum(v for k, v in counts.items() if "." not in k),
         "parameters_by_module": counts,
         "numel_by_tensor_group": modules,
@@ -105,6 +107,13 @@ def render(info: dict) -> None:
         c.print("metrics: " + "  ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info["metrics"].items()))
     c.print("config:  " + "  ".join(f"{k}={v}" for k, v in info["config"].items()))
+    data = info["data"]
+    if data:
+        shape, classes = data.get("shape", []), data.get("classes", [])
+        names = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
+        c.print(f"data: {data.get('dataset')}  {'x'.join(map(str, shape))}  "
+                f"{len(classes)} classes ({names or 'unlabeled'})  "
+                f"mean {data.get('mean')}  std {data.get('std')}")
     if info["provenance"]:
         c.print("provenance: " + "  ".join(f"{k}={v}" for k, v in info["provenance"].items()))
     c.print(f"parameters: {info['parameters']:,}"

@@ -385,3 +385,11 @@ def test_sample_of_a_model_on_unlabeled_data(cli, data_of, tmp_path):
     cli("sample", "dcgan", "--checkpoint", path, "-n", "4", "-o", "four.png", check=0)
     proc = cli("sample", "dcgan", "--checkpoint", path, "--label", "3", check=2)
     assert "not conditional" in proc.stderr
+
+
+def test_inspect_shows_the_data_a_checkpoint_learned(cli, data_of, tmp_path):
+    path = saved_model(data_of, "cvae", (3, 32, 32), tmp_path)
+    info = json.loads(cli("inspect", path, "--json", check=0).stdout)
+    assert info["data"]["shape"] == [3, 32, 32] and info["data"]["classes"] == CLASSES
+    text = cli("inspect", path, check=0).stdout
+    assert "data: made-up  3x32x32  3 classes (cat, ankle boot, Zebra)" in text
