@@ -106,7 +106,7 @@ def out(text: str | bytes) -> None:
 def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """List the models: name, family, default dataset, description."""
     rows = [{"name": s.name, "family": s.family, "default_dataset": s.default_dataset,
-             "datasets": list(s.datasets), "description": s.description,
+             "data": list(s.data), "datasets": list(s.datasets), "description": s.description,
              "conditional": s.conditional, "grids": list(s.grids)} for s in list_models()]
     if as_json:
         out(json.dumps(rows, indent=2))
