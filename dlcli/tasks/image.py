@@ -164,12 +164,12 @@ class ImageTask(Task):
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(len(train)))
             train, val = train[order[:len(train) - val_size]], train[order[len(train) - val_size:]]
         images, labels = data.images, data.labels
-        if images.numel() <= DEVICE_COPY_BYTES:  # small: onto the device once, as a whole
+        if images.nbytes <= DEVICE_COPY_BYTES:  # small: onto the device once, as a whole
             images, labels = images.to(self.device), labels.to(self.device)
-        rows = lambda r: r.to(images.device)  # noqa: E731
-        self.train_data = Split(images, labels, rows(train))
-        self.val_data = Split(images, labels, rows(val)) if len(val) else None
-        self.test_data = Split(images, labels, rows(data.test))
+        train, val, test = (rows.to(images.device) for rows in (train, val, data.test))
+        self.train_data = Split(images, labels, train)
+        self.val_data = Split(images, labels, val) if len(val) else None
+        self.test_data = Split(images, labels, test)
         self.data_source = data.source
         self.data_hash = data.sha256
         self.data = None  # the splits hold what is needed
