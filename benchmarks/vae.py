@@ -64,7 +64,7 @@ from dlcli.tasks.vae import VAETask  # noqa: E402
 def tutorial_training(images, labels, seed: int = 1):
     """Yields images done after each step; runs epochs forever."""
     torch.manual_seed(seed)
-    model = VAE(latent=20, hidden=[400])
+    model = VAE((1, 28, 28), latent=20, hidden=[400])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(TutorialMNIST(images, labels), batch_size=128,
                                          shuffle=True)
@@ -222,7 +222,7 @@ def main():
     if args.only in (None, "speed"):
         task128 = dlcli_task(args.data_dir, ["batch_size=128", "lr=0.001"])
         task = dlcli_task(args.data_dir)
-        x, y = task.train_data
+        x, y = task.train_data.take(slice(None))
         runners = [Runner("tutorial way, batch 128", tutorial_training(x, y)),
                    Runner("dlcli, batch 128", dlcli_training(task128, forever=True)),
                    Runner(f"dlcli default preset (batch {task.config['batch_size']})",
@@ -237,7 +237,7 @@ def main():
 
     if args.only in (None, "quality"):
         task = dlcli_task(args.data_dir, args.set)
-        x, y = task.train_data
+        x, y = task.train_data.take(slice(None))
         with tempfile.TemporaryDirectory() as run_dir:
             (Path(run_dir) / "samples").mkdir()
             ours = Runner(f"dlcli train vae ({task.config['epochs']} epochs, "
@@ -245,8 +245,9 @@ def main():
                           dlcli_training(task, Path(run_dir)))
             theirs = Runner("tutorial way, same seconds", tutorial_training(x, y))
             timeshare([ours, theirs])
-        ours_nelbo = test_nelbo(task.model, task.test_data[0])
-        theirs_nelbo = test_nelbo(tutorial_training.model, task.test_data[0])
+        test_x = task.test_data.take(slice(None))[0]
+        ours_nelbo = test_nelbo(task.model, test_x)
+        theirs_nelbo = test_nelbo(tutorial_training.model, test_x)
         print(f"quality: test -ELBO (nats/image) after {ours.seconds:.1f} s of training each")
         print(f"  {ours.name:<44} {ours_nelbo:7.2f}   {ours.images / len(x):5.2f} epochs")
         print(f"  {theirs.name:<44} {theirs_nelbo:7.2f}   {theirs.images / len(x):5.2f} epochs")

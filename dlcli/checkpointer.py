@@ -120,7 +120,8 @@ TRAINING_KEYS = {"epochs", "lr", "seed", "batch_size", "optimizer", "momentum", 
                  "logger"}
 # Metadata that gives the weights their meaning: the same numbers under another tokenizer
 # or other class names are another model.
-MEANING_KEYS = ("tokenizer", "classes", "class_names", "image_shape", "normalization")
+MEANING_KEYS = ("tokenizer", "image_data", "classes", "class_names", "image_shape",
+                "normalization")
 
 
 def meaning_difference(a, b) -> str | None:

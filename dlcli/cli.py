@@ -109,7 +109,7 @@ def out(text: str | bytes) -> None:
 def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """List the models: name, family, default dataset, description."""
     rows = [{"name": s.name, "family": s.family, "default_dataset": s.default_dataset,
-             "datasets": list(s.datasets), "description": s.description,
+             "data": list(s.data), "datasets": list(s.datasets), "description": s.description,
              "conditional": s.conditional, "grids": list(s.grids)} for s in list_models()]
     if as_json:
         out(json.dumps(rows, indent=2))
@@ -364,18 +364,6 @@ def json_out(value, indent=None) -> None:
 
 # ---- sample -------------------------------------------------------------------------
 
-def _parse_label(label: Optional[str]):
-    if label is None or label == "all":
-        return label
-    try:
-        value = int(label)
-    except ValueError:
-        raise DlcliError(f"--label must be an integer 0-9 or 'all', got {label!r}") from None
-    if not 0 <= value <= 9:
-        raise DlcliError(f"--label must be between 0 and 9, got {value}")
-    return value
-
-
 def _check_output_folder(folder: Path) -> None:
     """An output may go into a new folder, but only one made inside an existing folder: a
     typo must not plant a tree of folders (at /, say)."""
@@ -406,8 +394,10 @@ def sample(
                                 autocompletion=complete_sampling_model),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
                                               help="Default: newest run under ./runs."),
-    n: Optional[int] = typer.Option(None, "-n", help="How many images (default 64; 100 for --label all)."),
-    label: Optional[str] = typer.Option(None, "--label", "-l", help="Digit 0-9, or 'all' (one row each)."),
+    n: Optional[int] = typer.Option(None, "-n", help="How many images (default 64; 10 per "
+                                    "class for --label all)."),
+    label: Optional[str] = typer.Option(None, "--label", "-l", help="A class: its name or index "
+                                        "(7, cat, 'ankle boot'), or 'all' (one row each)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Same seed, same bytes."),
     grid: Optional[str] = typer.Option(None, "--grid", "-g", help="Picture kind (see `dlcli models`)."),
     interpolate: bool = typer.Option(False, "--interpolate", help="Rows morphing between samples."),
@@ -421,7 +411,6 @@ def sample(
     if not spec.samples:
         raise DlcliError(f"{model} does not generate images; models that do: "
                          + ", ".join(s.name for s in _sampling_models()))
-    label = _parse_label(label)
     if label is not None and not spec.conditional:
         conditional = ", ".join(s.name for s in _sampling_models() if s.conditional)
         raise DlcliError(f"{model} is not conditional, so --label does not apply; use {conditional}")
@@ -453,8 +442,9 @@ def sample(
 
     ckpt = load_checkpoint(resolve_checkpoint(model, checkpoint), expect_model=model)
     task = spec.load_task().from_checkpoint(spec, ckpt, pick_device(device), data_dir)
+    label = task.parse_label(label)  # a name or index of the checkpoint's classes
     torch.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
-    count = n if n is not None else (100 if label == "all" else 64)
+    count = n if n is not None else (10 * task.classes if label == "all" else 64)
     with torch.no_grad():
         images, nrow = task.sample(count, label=label, grid=grid or spec.grids[0],
                                    interpolate=interpolate)

@@ -57,9 +57,10 @@ class Port:
     classes: int = 0  # labels: 0 <= label < classes
 
 
-def image_port(name: str = "images", shape=(1, 28, 28)) -> Port:
-    return Port(name, tuple(shape), "pixel intensities in [0, 1]: 0 black background, 1 white ink",
-                kind="unit")
+def image_port(shape, name: str = "images") -> Port:
+    """Images of the checkpoint's shape (C, H, W), as the model saw them in training."""
+    colours = {1: "grey", 3: "RGB"}.get(shape[0], f"{shape[0]}-channel")
+    return Port(name, tuple(shape), f"{colours} pixel intensities in [0, 1]", kind="unit")
 
 
 def label_port(classes: int) -> Port:

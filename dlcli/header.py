@@ -35,12 +35,12 @@ def read_header(path: Path) -> dict:
 
 def check_metadata(path: Path, meta: dict[str, str]) -> None:
     """A damaged or hand-edited header says so here, not as a JSON traceback later."""
-    for key in ("config", "metrics", "modules", "parameters", "state", "provenance"):
+    for key in ("config", "metrics", "modules", "parameters", "state", "provenance", "image_data"):
         try:
             value = json.loads(meta[key]) if key in meta else {}
         except (json.JSONDecodeError, RecursionError):  # RecursionError: nested past reason
             value = None
-        if value is None or (key == "config" and not isinstance(value, dict)):
+        if value is None or (key in ("config", "image_data") and not isinstance(value, dict)):
             raise DlcliError(f"{path}: its {key!r} metadata is not what dlcli writes (a damaged "
                              "or edited checkpoint)")
     for key in ("epoch", "step"):

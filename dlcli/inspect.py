@@ -32,7 +32,8 @@ def describe(path) -> dict:
     # trainable parameters per module, as counted at save time (buffers excluded)
     counts = json.loads(meta.get("parameters", "{}"))
     plain = {k: v for k, v in meta.items()
-             if k not in ("config", "metrics", "state", "modules", "parameters", "provenance")}
+             if k not in ("config", "metrics", "state", "modules", "parameters", "provenance",
+                          "image_data")}
     return {
         "path": str(path),
         "file_size": path.stat().st_size,
@@ -44,6 +45,7 @@ def describe(path) -> dict:
         "metrics": json.loads(meta.get("metrics", "{}")),
         "config": json.loads(meta["config"]),
         "provenance": json.loads(meta.get("provenance", "{}")),
+        "data": json.loads(meta.get("image_data", "{}")),  # the images it learned: shape, classes
         "parameters": sum(v for k, v in counts.items() if "." not in k),
         "parameters_by_module": counts,
         "numel_by_tensor_group": modules,
@@ -65,6 +67,13 @@ def render(info: dict) -> None:
         c.print("metrics: " + "  ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info["metrics"].items()))
     c.print("config:  " + "  ".join(f"{k}={v}" for k, v in info["config"].items()))
+    data = info["data"]
+    if data:
+        shape, classes = data.get("shape", []), data.get("classes", [])
+        names = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
+        c.print(f"data: {data.get('dataset')}  {'x'.join(map(str, shape))}  "
+                f"{len(classes)} classes ({names or 'unlabeled'})  "
+                f"mean {data.get('mean')}  std {data.get('std')}")
     if info["provenance"]:
         c.print("provenance: " + "  ".join(f"{k}={v}" for k, v in info["provenance"].items()))
     c.print(f"parameters: {info['parameters']:,}"

@@ -1,11 +1,15 @@
 """Metrics for generated images, judged by a trained classifier (see tasks/classify.load_judge).
 
+The judge is a cnn trained on the same data as the model it scores (same dataset, image
+shape and classes).
+
 - cfid: Frechet distance between Gaussians fitted to the judge's penultimate features of
-  generated images and of real test images (FID, Heusel et al. 2017, with an MNIST
-  classifier in place of Inception).
-- label_entropy: entropy in bits of the histogram of predicted labels (log2 10 = 3.32
-  when every digit appears equally often; 0 when every sample is the same digit).
-- confidence: mean top-class probability (are the samples recognisable digits?).
+  generated images and of real test images (FID, Heusel et al. 2017, with a classifier of
+  the dataset in place of Inception).
+- label_entropy: entropy in bits of the histogram of predicted labels (at most log2 of the
+  number of classes, when every class appears equally often: 3.32 for ten; 0 when every
+  sample is of the same class).
+- confidence: mean top-class probability (are the samples recognisable as their class?).
 - label_accuracy: for conditional models, how often the judge agrees with the label asked for.
 """
 
@@ -78,9 +82,10 @@ class RunningGaussian:
 
 
 @torch.no_grad()
-def score_samples(judge, fake_batches, real: torch.Tensor) -> dict:
+def score_samples(judge, fake_batches, real_batches) -> dict:
     """cfid, label_entropy, confidence (and label_accuracy when labels are given) of the
     generated images in `fake_batches`, an iterable of (images in [0, 1], labels or None),
+    against the real images in `real_batches` (an iterable of image batches in [0, 1]),
     scored one batch at a time: memory does not grow with the number of samples."""
     fake = RunningGaussian()
     hist = confidence = correct = asked = None
@@ -101,9 +106,11 @@ def score_samples(judge, fake_batches, real: torch.Tensor) -> dict:
                 y = labels[i:i + 1000].cpu()
                 asked += torch.bincount(y, minlength=classes).float()
                 correct += torch.bincount(y[predicted == y], minlength=classes).float()
-    real_feats, _ = judge_outputs(judge, real)
+    real = RunningGaussian()
+    for images in [real_batches] if torch.is_tensor(real_batches) else real_batches:
+        real.add(judge_outputs(judge, images)[0])
     out = {
-        "cfid": frechet_distance(fake.stats(), gaussian_stats(real_feats)),
+        "cfid": frechet_distance(fake.stats(), real.stats()),
         "label_entropy": label_entropy(hist),
         "confidence": confidence / fake.n,
     }

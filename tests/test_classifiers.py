@@ -75,7 +75,7 @@ def test_no_training_batch_of_one_image():
     spec = get_spec("mlp")
     task = spec.load_task()(spec, resolve_config("mlp", None, ["hidden=[16]"]), torch.device("cpu"))
     task.setup_data()
-    n = len(task.train_data[0])
+    n = len(task.train_data)
     size = next(b for b in range(2, n) if n % b == 1)
     task.config["batch_size"] = size
     batches = task.train_batches(0)

@@ -72,7 +72,7 @@ def test_completion_callbacks_offer_registry_names():
     assert complete_dataset("f") == ["fashion-mnist"]
     assert {"mnist", "xor", "numbers", "multi30k"} <= set(complete_dataset(""))
     presets = dict(complete_preset("vae"))
-    assert set(presets) == {"vae", "vae-conv", "vae-tutorial"} and all(presets.values())
+    assert set(presets) == {"vae", "vae-conv", "vae-conv-64", "vae-tutorial"} and all(presets.values())
 
 
 def test_shell_completion_end_to_end():
@@ -191,11 +191,11 @@ def vae_task():
     from dlcli.config import resolve_config
     from dlcli.registry import get_spec
 
-    def make(model, **keys):
+    def make(model, meta=None, **keys):
         spec = get_spec(model)
         config = resolve_config(model, overrides=[f"{k}={v}" for k, v in keys.items()])
         torch.manual_seed(0)
-        return spec.load_task()(spec, config, torch.device("cpu"), trains=False)
+        return spec.load_task()(spec, config, torch.device("cpu"), meta=meta, trains=False)
 
     return make
 
@@ -219,7 +219,13 @@ def test_grid_captions_name_rows_and_units(vae_task):
     plain, captioned = grid_png(images, nrow), grid_png(images, nrow, captions=words)
     assert plain != captioned and len(captioned) > len(plain)
 
-    fashion = vae_task("cvae", dataset="fashion-mnist")
+    # a cvae of fashion-mnist, as a checkpoint describes it: no data needed to sample
+    from dlcli.data.catalog import get_dataset
+
+    clothes = get_dataset("fashion-mnist")
+    fashion = vae_task("cvae", dataset="fashion-mnist", meta={"image_data": json.dumps({
+        "dataset": clothes.name, "shape": list(clothes.shape), "classes": list(clothes.classes),
+        "mean": [0.5], "std": [0.5]})})
     images, nrow = fashion.sample(20, label="all")
     rows = fashion.captions(20, label="all").rows
     assert len(images) // nrow == len(rows) == 10 and rows[9] == "ankle boot"

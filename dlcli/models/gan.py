@@ -1,14 +1,20 @@
-"""Generative adversarial networks for 28x28 images: a generator G turns noise z into an
-image, a discriminator D scores how real an image looks (a logit; sigmoid gives D(x)).
+"""Generative adversarial networks for images of any shape C x H x W: a generator G turns
+noise z into an image, a discriminator D scores how real an image looks (a logit; sigmoid
+gives D(x)).
 
-    gan    MLP G and D (Goodfellow et al., 2014)
-               G: z -> 128 -> 256 -> 512 -> 1024 -> 784, tanh      (BatchNorm after the first)
-               D: 784 -> 512 -> 256 -> 1                           (LeakyReLU 0.2)
+    gan    MLP G and D (Goodfellow et al., 2014), P = C * H * W pixels
+               G: z -> 128 -> 256 -> 512 -> 1024 -> P, tanh        (BatchNorm after the first)
+               D: P -> 512 -> 256 -> 1                             (LeakyReLU 0.2)
                   (+ the batch's spread as a feature before the last layer: batch_std)
-    dcgan  convolutional G and D (Radford et al., 2015), BatchNorm in both nets
-               G: z -> 2C x 7 x 7 -> conv, convT -> C x 14 x 14 -> conv, convT -> 1 x 28 x 28, tanh
-               D: 1 x 28 x 28 -> conv -> C x 14 x 14 -> conv, conv -> 2C x 7 x 7 -> 1
-                  (pack: D scores groups of images stacked as channels, PacGAN)
+    dcgan  convolutional G and D, BatchNorm in both nets; which pair depends on the size:
+           square images of 16, 32, 64, 128... pixels: the DCGAN of Radford et al. (2015)
+               G: z -> 8w x 4 x 4 -> convT, BN, ReLU ... -> w x H/2 x W/2 -> convT -> C x H x W, tanh
+               D: its mirror: strided convs with LeakyReLU 0.2 (BN but on the first), 8w x 4 x 4
+                  -> a 4x4 conv to one logit; no pooling, no fully connected hidden layers
+           other sides divisible by 4 (MNIST's 28): a compact pair with a 3x3 conv at each size
+               G: z -> 2w x H/4 x W/4 -> conv, convT -> w x H/2 x W/2 -> conv, convT -> C x H x W
+               D: C x H x W -> conv -> w x H/2 x W/2 -> conv, conv -> 2w x H/4 x W/4 -> 1
+           (pack: D scores groups of images stacked as channels, PacGAN)
     cgan   the MLP pair, each also fed the label as a one-hot vector (Mirza & Osindero, 2014);
            D also projects its features on a learned embedding of the label (Miyato & Koyama)
 
@@ -17,12 +23,13 @@ Images live in [-1, 1] inside the networks (tanh output); the task maps them to 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGE = (1, 28, 28)
-PIXELS = 28 * 28
+from dlcli.errors import DlcliError
 
 
 def with_label(x: torch.Tensor, y: torch.Tensor | None, classes: int) -> torch.Tensor:
@@ -31,19 +38,19 @@ def with_label(x: torch.Tensor, y: torch.Tensor | None, classes: int) -> torch.T
 
 
 class MLPGenerator(nn.Module):
-    def __init__(self, latent: int, hidden: list[int], classes: int = 0):
+    def __init__(self, shape: tuple[int, ...], latent: int, hidden: list[int], classes: int = 0):
         super().__init__()
-        self.classes = classes
+        self.shape, self.classes = tuple(shape), classes
         layers, width = [], latent + classes
         for i, h in enumerate(hidden):
             # no BatchNorm on the first layer: it sees raw noise, already normalised
             layers += [nn.Linear(width, h)] + ([nn.BatchNorm1d(h)] if i else [])
             layers += [nn.LeakyReLU(0.2)]
             width = h
-        self.net = nn.Sequential(*layers, nn.Linear(width, PIXELS), nn.Tanh())
+        self.net = nn.Sequential(*layers, nn.Linear(width, math.prod(shape)), nn.Tanh())
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(with_label(z, y, self.classes)).view(-1, *IMAGE)
+        return self.net(with_label(z, y, self.classes)).view(-1, *self.shape)
 
 
 def minibatch_std(h: torch.Tensor) -> torch.Tensor:
@@ -55,12 +62,12 @@ def minibatch_std(h: torch.Tensor) -> torch.Tensor:
 
 
 class MLPDiscriminator(nn.Module):
-    def __init__(self, hidden: list[int], classes: int = 0, dropout: float = 0.0,
-                 batch_std: bool = False):
+    def __init__(self, shape: tuple[int, ...], hidden: list[int], classes: int = 0,
+                 dropout: float = 0.0, batch_std: bool = False):
         super().__init__()
         self.classes, self.batch_std = classes, batch_std
         self.per_sample = not batch_std  # each score depends on its own image alone
-        layers, width = [], PIXELS + classes
+        layers, width = [], math.prod(shape) + classes
         for h in hidden:
             layers += [nn.Linear(width, h), nn.LeakyReLU(0.2)]
             layers += [nn.Dropout(dropout)] if dropout else []
@@ -78,54 +85,121 @@ class MLPDiscriminator(nn.Module):
 
 
 class ConvGenerator(nn.Module):
-    """Project z to a 7x7 map, then two stride-2 transposed convolutions up to 28x28, each
-    after a 3x3 convolution that works at the current size; BatchNorm + ReLU everywhere
-    but the output (Radford et al.'s guidelines)."""
+    """The compact pair's G: project z to a map of a quarter the size, then two stride-2
+    transposed convolutions up to full size, each after a 3x3 convolution that works at the
+    current size; BatchNorm + ReLU everywhere but the output (Radford et al.'s guidelines)."""
 
-    def __init__(self, latent: int, width: int):
+    def __init__(self, shape: tuple[int, int, int], latent: int, width: int):
         super().__init__()
+        colours, height, width_px = shape
         self.width = w = width
-        self.project = nn.Sequential(nn.Linear(latent, 2 * w * 7 * 7, bias=False),
-                                     nn.BatchNorm1d(2 * w * 7 * 7), nn.ReLU())
+        self.map = (height // 4, width_px // 4)  # the projection's feature maps
+        cells = 2 * w * math.prod(self.map)
+        self.project = nn.Sequential(nn.Linear(latent, cells, bias=False),
+                                     nn.BatchNorm1d(cells), nn.ReLU())
         self.up = nn.Sequential(
             nn.Conv2d(2 * w, 2 * w, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
-            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False),  # 7 -> 14
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False),  # H/4 -> H/2
             nn.BatchNorm2d(w), nn.ReLU(),
             nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-            nn.ConvTranspose2d(w, 1, 4, 2, 1), nn.Tanh(),  # 14 -> 28
+            nn.ConvTranspose2d(w, colours, 4, 2, 1), nn.Tanh(),  # H/2 -> H
         )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.up(self.project(z).view(-1, 2 * self.width, 7, 7))
+        return self.up(self.project(z).view(-1, 2 * self.width, *self.map))
+
+
+def pack_groups(x: torch.Tensor, pack: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B / pack, pack * C, H, W): each group of `pack` images as one."""
+    return x.reshape(-1, pack * x.shape[1], *x.shape[2:])
+
+
+def with_spread(h: torch.Tensor) -> torch.Tensor:
+    """Append the batch's spread (mean over features of the std over the batch) as one more
+    feature map: minibatch_std for convolutional features."""
+    spread = h.std(0, unbiased=False).mean().expand(len(h), 1, *h.shape[2:])
+    return torch.cat([h, spread], 1)
 
 
 class ConvDiscriminator(nn.Module):
-    """Two stride-2 convolutions (no pooling) with LeakyReLU; BatchNorm on all but the
-    input layer, then one linear logit (batch_std: the batch's spread as an extra map).
+    """The compact pair's D: two stride-2 convolutions (no pooling) with LeakyReLU;
+    BatchNorm on all but the input layer, then one linear logit (batch_std: the batch's
+    spread as an extra map).
 
     pack > 1: D scores groups of `pack` images stacked as channels, one logit per group
-    (PacGAN, Lin et al., 2018): a generator that draws few kinds of digit makes groups that
+    (PacGAN, Lin et al., 2018): a generator that draws few kinds of image makes groups that
     look alike, which real groups do not, so dropping modes is punished."""
 
-    def __init__(self, width: int, batch_std: bool = False, pack: int = 1):
+    def __init__(self, shape: tuple[int, int, int], width: int, batch_std: bool = False,
+                 pack: int = 1):
         super().__init__()
+        colours, height, width_px = shape
         self.batch_std, self.pack = batch_std, pack
         self.per_sample = False  # BatchNorm: a score depends on the whole batch
         w = width
         self.body = nn.Sequential(
-            nn.Conv2d(pack, w, 4, 2, 1), nn.LeakyReLU(0.2),  # 28 -> 14
+            nn.Conv2d(pack * colours, w, 4, 2, 1), nn.LeakyReLU(0.2),  # H -> H/2
             nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2),
-            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False),  # 14 -> 7
+            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False),  # H/2 -> H/4
             nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2),
         )
-        self.out = nn.Linear((2 * w + batch_std) * 7 * 7, 1)
+        self.out = nn.Linear((2 * w + batch_std) * (height // 4) * (width_px // 4), 1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.body(x.reshape(-1, self.pack, *x.shape[2:]))  # (B / pack) groups
+        h = self.body(pack_groups(x, self.pack))  # (B / pack) groups
         if self.batch_std:
-            spread = h.std(0, unbiased=False).mean().expand(len(h), 1, 7, 7)
-            h = torch.cat([h, spread], 1)
+            h = with_spread(h)
         return self.out(h.flatten(1)).squeeze(1)
+
+
+class RadfordGenerator(nn.Module):
+    """Radford et al.'s G: z as a 1x1 map, a 4x4 transposed convolution to 4 x 4 x (top
+    width), then stride-2 transposed convolutions, each halving the channels and doubling
+    the side, with BatchNorm and ReLU; the last one to C channels with tanh. The top width
+    is w * 2^(doublings - 1): 8w at 64 pixels, as in the paper (1024 for w = 128)."""
+
+    def __init__(self, shape: tuple[int, int, int], latent: int, width: int):
+        super().__init__()
+        colours, side = shape[0], shape[1]
+        doublings = int(math.log2(side)) - 2  # 4 -> side
+        w = width * 2 ** (doublings - 1)
+        layers = [nn.ConvTranspose2d(latent, w, 4, 1, 0, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+        for _ in range(doublings - 1):
+            layers += [nn.ConvTranspose2d(w, w // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(w // 2),
+                       nn.ReLU()]
+            w //= 2
+        self.net = nn.Sequential(*layers, nn.ConvTranspose2d(w, colours, 4, 2, 1, bias=False),
+                                 nn.Tanh())
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(z.view(len(z), -1, 1, 1))
+
+
+class RadfordDiscriminator(nn.Module):
+    """The generator's mirror: stride-2 4x4 convolutions with LeakyReLU 0.2, each halving the
+    side and doubling the channels, BatchNorm on all but the first, down to 4x4; a 4x4
+    convolution makes the logit. pack and batch_std as in ConvDiscriminator."""
+
+    def __init__(self, shape: tuple[int, int, int], width: int, batch_std: bool = False,
+                 pack: int = 1):
+        super().__init__()
+        colours, side = shape[0], shape[1]
+        self.batch_std, self.pack = batch_std, pack
+        self.per_sample = False  # BatchNorm: a score depends on the whole batch
+        w, side = width, side // 2
+        layers = [nn.Conv2d(pack * colours, w, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
+        while side > 4:
+            layers += [nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w),
+                       nn.LeakyReLU(0.2)]
+            w, side = 2 * w, side // 2
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(w + batch_std, 1, 4, 1, 0, bias=False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.body(pack_groups(x, self.pack))
+        if self.batch_std:
+            h = with_spread(h)
+        return self.out(h).flatten()
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -139,15 +213,38 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build_gan(name: str, config: dict, classes: int = 10) -> tuple[nn.Module, nn.Module]:
-    """(generator, discriminator) for a model name and its config."""
-    latent = config["latent_dim"]
-    if name == "dcgan":
-        g = ConvGenerator(latent, config["width"])
-        d = ConvDiscriminator(config["width"], config["batch_std"], config["pack"])
-        g.apply(dcgan_init)
-        d.apply(dcgan_init)
-        return g, d
-    cond = classes if name == "cgan" else 0
-    return (MLPGenerator(latent, config["g_hidden"], cond),
-            MLPDiscriminator(config["d_hidden"], cond, config["d_dropout"], config["batch_std"]))
+def takes_radford(shape) -> bool:
+    """Square images whose side is a power of two, 16 or more: Radford et al.'s pair."""
+    side = shape[1]
+    return shape[1] == shape[2] and side >= 16 and side & (side - 1) == 0
+
+
+def build_dcgan(config: dict, data: dict) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator) for images of `data`'s shape: Radford et al.'s pair for
+    square power-of-two sides, the compact pair for other sides divisible by 4 (28)."""
+    shape, latent, width = tuple(data["shape"]), config["latent_dim"], config["width"]
+    if takes_radford(shape):
+        g, d = RadfordGenerator(shape, latent, width), RadfordDiscriminator(
+            shape, width, config["batch_std"], config["pack"])
+    elif shape[1] % 4 == 0 and shape[2] % 4 == 0:
+        g, d = ConvGenerator(shape, latent, width), ConvDiscriminator(
+            shape, width, config["batch_std"], config["pack"])
+    else:
+        raise DlcliError(f"dcgan takes square images of 16, 32, 64, 128... pixels, or sides "
+                         f"divisible by 4 (28x28); these are {'x'.join(map(str, shape[1:]))}: "
+                         "choose another image_size, or train gan")
+    g.apply(dcgan_init)
+    d.apply(dcgan_init)
+    return g, d
+
+
+def build_mlp(config: dict, data: dict, classes: int = 0) -> tuple[nn.Module, nn.Module]:
+    """The MLP pair for images of any shape; conditional on `classes` labels when given."""
+    shape = tuple(data["shape"])
+    return (MLPGenerator(shape, config["latent_dim"], config["g_hidden"], classes),
+            MLPDiscriminator(shape, config["d_hidden"], classes, config["d_dropout"],
+                             config["batch_std"]))
+
+
+def build_conditional_mlp(config: dict, data: dict) -> tuple[nn.Module, nn.Module]:
+    return build_mlp(config, data, classes=len(data["classes"]))

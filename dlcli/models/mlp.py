@@ -12,6 +12,8 @@ distribution steady lets the network train at learning rates that break it other
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,3 +65,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(x))
+
+
+def build(config: dict, data: dict) -> MLP:
+    """The MLP of a config over the flattened input (any C x H x W, or a truth table's row)."""
+    return MLP(math.prod(data["shape"]), config["hidden"], len(data["classes"]),
+               config["batchnorm"], config["dropout"])

@@ -14,6 +14,8 @@ one-vs-rest and the unit with the largest weighted sum names the class.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -64,3 +66,8 @@ class Perceptron(nn.Module):
         self.bias_sum += self.bias
         self.updates += 1
         return int(error.abs().sum(1).gt(0).sum())
+
+
+def build(config: dict, data: dict) -> Perceptron:
+    """One threshold unit per class (one for two classes) over the flattened input."""
+    return Perceptron(math.prod(data["shape"]), len(data["classes"]), averaged=config["averaged"])

@@ -219,3 +219,13 @@ class Transformer(nn.Module):
             for part in layer.values():
                 for key in part:
                     part[key] = part[key].index_select(0, index)
+
+
+def build(config: dict, data: dict) -> Transformer:
+    """The Transformer of a config for a vocabulary (`data`: vocab_size, pad_id)."""
+    c = config
+    return Transformer(
+        data["vocab_size"], d_model=c["d_model"], heads=c["heads"],
+        encoder_layers=c["encoder_layers"], decoder_layers=c["decoder_layers"],
+        d_ff=c["d_ff"], dropout=c["dropout"], tie_embeddings=c["tie_embeddings"],
+        pre_norm=c["pre_norm"], max_positions=c["max_len"] + 1, pad_id=data["pad_id"])

@@ -5,7 +5,7 @@
     z (, y) -> decoder -> logits                     p(x | z, y) = Bernoulli(sigmoid(logits))
 
     -ELBO = E_q[-log p(x | z)] + KL(q(z | x) || N(0, I))        in nats per image
-          =  BCE summed over the 784 pixels      + sum_j KL_j
+          =  BCE summed over the C x H x W pixels + sum_j KL_j
 
 The conditional VAE (Sohn et al., 2015) feeds the one-hot label to both networks, so
 the label decides the digit and z is free to carry only the handwriting; optionally its
@@ -14,7 +14,10 @@ prior is learned per label, p(z | y) = N(m_y, s_y^2), and samples come from ther
 more independent units; Burgess et al. (2018) instead pull the KL towards a capacity C
 that grows during training: loss = recon + gamma * |KL - C|.
 
-Both networks come as an MLP (`arch: mlp`) or a small convnet (`arch: conv`).
+Both networks come as an MLP (`arch: mlp`, any image shape) or a small convnet (`arch:
+conv`): stride-2 4x4 convolutions halve the image while its longer side is more than 8
+pixels and both sides are even, at least twice (28 -> 14 -> 7, 32 -> 16 -> 8, 64 -> 8 in
+three), so it takes any sides divisible by 4.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PIXELS = 28 * 28
+from dlcli.errors import DlcliError
+
+SMALLEST_MAP = 8  # the conv encoder halves the image while its longer side is more than this
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -38,41 +43,60 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class ConvBody(nn.Module):
-    """28x28 -> 14x14 -> 7x7 feature maps, flattened (the encoder's eyes)."""
+def conv_depth(shape) -> int:
+    """How many stride-2 layers the conv networks use for images of this shape: two, then
+    more while the maps stay even and larger than SMALLEST_MAP."""
+    depth, height, width = 2, shape[1] // 4, shape[2] // 4
+    while max(height, width) > SMALLEST_MAP and height % 2 == 0 and width % 2 == 0:
+        depth, height, width = depth + 1, height // 2, width // 2
+    return depth
 
-    def __init__(self, channels: int):
+
+class ConvBody(nn.Module):
+    """C x H x W -> ... -> (channels * 2^(depth-1)) maps of H / 2^depth, flattened (the
+    encoder's eyes); each stride-2 layer halves the side and doubles the channels."""
+
+    def __init__(self, shape: tuple[int, int, int], channels: int):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, channels, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(channels, 2 * channels, 4, 2, 1), nn.ReLU(), nn.Flatten())
-        self.out_features = 2 * channels * 7 * 7
+        depth = conv_depth(shape)
+        layers, width = [], shape[0]
+        for i in range(depth):
+            layers += [nn.Conv2d(width, channels * 2 ** i, 4, 2, 1), nn.ReLU()]
+            width = channels * 2 ** i
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.out_features = width * (shape[1] >> depth) * (shape[2] >> depth)
 
     def forward(self, x):
         return self.net(x)
 
 
 class ConvHead(nn.Module):
-    """Flat features -> 7x7 maps -> 14x14 -> 28x28 pixel logits (the decoder's hand)."""
+    """Flat features -> the smallest maps -> ... -> C x H x W pixel logits, flattened (the
+    decoder's hand): the body's mirror, transposed convolutions doubling the side."""
 
-    def __init__(self, in_features: int, channels: int):
+    def __init__(self, in_features: int, shape: tuple[int, int, int], channels: int):
         super().__init__()
-        self.channels = channels
-        self.fc = nn.Linear(in_features, 2 * channels * 7 * 7)
-        self.net = nn.Sequential(
-            nn.ReLU(), nn.Unflatten(1, (2 * channels, 7, 7)),
-            nn.ConvTranspose2d(2 * channels, channels, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(channels, 1, 4, 2, 1), nn.Flatten())
+        depth = conv_depth(shape)
+        width = channels * 2 ** (depth - 1)
+        self.fc = nn.Linear(in_features, width * (shape[1] >> depth) * (shape[2] >> depth))
+        layers = [nn.ReLU(), nn.Unflatten(1, (width, shape[1] >> depth, shape[2] >> depth))]
+        for _ in range(depth - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.ReLU()]
+            width //= 2
+        self.net = nn.Sequential(*layers, nn.ConvTranspose2d(width, shape[0], 4, 2, 1),
+                                 nn.Flatten())
 
     def forward(self, h):
         return self.net(self.fc(h))
 
 
 class VAE(nn.Module):
-    def __init__(self, latent: int = 20, hidden: list[int] = (400,), arch: str = "mlp",
-                 channels: int = 32, classes: int = 0, class_prior: bool = False):
+    def __init__(self, shape: tuple[int, int, int], latent: int = 20, hidden: list[int] = (400,),
+                 arch: str = "mlp", channels: int = 32, classes: int = 0,
+                 class_prior: bool = False):
         super().__init__()
-        self.latent, self.classes, self.arch = latent, classes, arch
+        self.shape, self.latent, self.classes, self.arch = tuple(shape), latent, classes, arch
+        pixels = math.prod(shape)
         # A learned prior per class, p(z | y) = N(m_y, s_y^2) (Sohn et al.'s conditional
         # prior, here of the label): z may then keep what it knows about the digit, and a
         # sample drawn from p(z | y) lands where the codes of that digit live.
@@ -81,20 +105,20 @@ class VAE(nn.Module):
             nn.init.zeros_(self.prior.weight)  # starts as N(0, I)
         hidden = list(hidden)
         if arch == "conv":
-            self.body = ConvBody(channels)
+            self.body = ConvBody(shape, channels)
             seen = self.body.out_features
         else:
             self.body = nn.Flatten()
-            seen = PIXELS
+            seen = pixels
         # encoder: (features, label) -> hidden -> 2 * latent numbers (mu and log sigma^2)
         self.encoder = mlp([seen + classes] + hidden + [2 * latent])
         # decoder: (z, label) -> hidden, reversed -> pixel logits
         back = [latent + classes] + hidden[::-1]
         if arch == "conv":
-            self.decoder = nn.Sequential(mlp(back), nn.ReLU(), ConvHead(back[-1], channels)) \
-                if hidden else ConvHead(back[-1], channels)
+            self.decoder = nn.Sequential(mlp(back), nn.ReLU(), ConvHead(back[-1], shape, channels)) \
+                if hidden else ConvHead(back[-1], shape, channels)
         else:
-            self.decoder = mlp(back + [PIXELS])
+            self.decoder = mlp(back + [pixels])
 
     def with_label(self, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if not self.classes:
@@ -102,7 +126,7 @@ class VAE(nn.Module):
         return torch.cat([h, F.one_hot(y, self.classes).to(h.dtype)], 1)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None):
-        """Images (N, 1, 28, 28) in [0, 1] -> mu, logvar of q(z | x, y), each (N, latent)."""
+        """Images (N, C, H, W) in [0, 1] -> mu, logvar of q(z | x, y), each (N, latent)."""
         stats = self.encoder(self.with_label(self.body(x), y))
         return stats.chunk(2, dim=1)
 
@@ -121,11 +145,11 @@ class VAE(nn.Module):
         return eps if mu is None else mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Codes (N, latent) -> pixel logits (N, 784); sigmoid gives the mean image."""
+        """Codes (N, latent) -> pixel logits (N, C * H * W); sigmoid gives the mean image."""
         return self.decoder(self.with_label(z, y))
 
     def images(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.sigmoid(self.decode(z, y)).view(-1, 1, 28, 28)
+        return torch.sigmoid(self.decode(z, y)).view(-1, *self.shape)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, generator=None):
         """One pass: (logits, mu, logvar) with z drawn by the reparameterisation trick."""
@@ -172,3 +196,23 @@ def iwae_nll(model: VAE, x: torch.Tensor, y=None, k: int = 100, generator=None) 
     log_px_z = -reconstruction_nats(logits, x.repeat(k, 1, 1, 1)).view(k, n)
     log_w = log_px_z + log_normal(z, *model.prior_stats(y)) - log_normal(z, mu, logvar)
     return -(torch.logsumexp(log_w, 0) - math.log(k))
+
+
+def build(config: dict, data: dict, classes: int = 0) -> VAE:
+    """The VAE of a config for images of `data`'s shape (conditional on `classes` labels)."""
+    shape = tuple(data["shape"])
+    if config["arch"] not in ("mlp", "conv"):
+        raise DlcliError(f"unknown arch {config['arch']!r}; choose one of: mlp, conv")
+    if config["latent"] < 1 or not config["hidden"] and config["arch"] == "mlp":
+        raise DlcliError("latent must be at least 1 unit, and an mlp needs a hidden layer")
+    if config["arch"] == "conv" and (shape[1] % 4 or shape[2] % 4):
+        raise DlcliError(
+            f"the conv VAE halves its images at least twice, so each side must divide by 4 "
+            f"(28, 32, 64, ...); these are {'x'.join(map(str, shape[1:]))}: choose another "
+            "image_size, or --set arch=mlp")
+    return VAE(shape, config["latent"], config["hidden"], config["arch"], config["channels"],
+               classes=classes, class_prior=config["class_prior"])
+
+
+def build_conditional(config: dict, data: dict) -> VAE:
+    return build(config, data, classes=len(data["classes"]))

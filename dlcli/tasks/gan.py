@@ -22,14 +22,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dlcli.console import warn
+from dlcli.console import notice, warn
 from dlcli.errors import DlcliError
 from dlcli.optim import make_optimizer
-from dlcli.tasks.image import ImageTask, interpolation_path, labels_for, to_unit_float
+from dlcli.tasks.image import ImageTask, interpolation_path, labels_for
 
 D_COLLAPSE_STEPS = 200  # consecutive steps with D's loss at its floor before we warn
 D_COLLAPSE_GAP = 0.01  # "at its floor": within this many nats of the smallest loss possible
-GRID_ROWS = 10  # the fixed-noise grid is 10 x 10
+GRID_ROWS = 10  # the fixed-noise grid: 10 x 10, or 10 of each class (a row each)
 # The collapse warning needs evidence: a judge that reads digits well, enough samples for
 # a histogram of ten classes, and a generator past its first epoch.
 JUDGE_ACCURACY = 0.95
@@ -47,17 +47,15 @@ class GANTask(ImageTask):
     monitor = None  # no validation loss means anything for a GAN: best = last
     drop_last = True  # BatchNorm statistics of equal-sized batches
 
-    def build(self) -> None:
-        from dlcli.models.gan import build_gan
-
+    def build_networks(self) -> None:
         cfg = self.config
         self.conditional = self.spec.conditional
         pack = cfg.get("pack", 1)
         if pack < 1 or cfg["batch_size"] % pack:
             raise DlcliError(f"pack must be a positive divisor of the batch size "
                              f"({cfg['batch_size']}), got {pack}")
-        self.generator, self.discriminator = (m.to(self.device) for m in build_gan(
-            self.spec.name, cfg, self.classes))
+        self.generator, self.discriminator = (
+            m.to(self.device) for m in self.spec.build(cfg, self.data_spec))
         self.modules = {"generator": self.generator, "discriminator": self.discriminator}
         self.ema = None
         if cfg["ema"] > 0:
@@ -72,7 +70,7 @@ class GANTask(ImageTask):
         # Fixed noise for the per-epoch grid, from its own generator: drawing it leaves the
         # global RNG stream (and so exact resume) untouched.
         g = torch.Generator().manual_seed(cfg["seed"] + 12345)
-        n = GRID_ROWS * GRID_ROWS
+        n = GRID_ROWS * (self.classes if self.conditional else GRID_ROWS)
         self.fixed_z = torch.randn(n, cfg["latent_dim"], generator=g).to(self.device)
         self.fixed_y = (labels_for("all", n, self.classes, self.device)[0]
                         if self.conditional else None)
@@ -163,7 +161,8 @@ class GANTask(ImageTask):
         self.ema.train()
         for _ in range(batches):
             z = torch.randn(size, self.config["latent_dim"], generator=g).to(self.device)
-            y = torch.randint(self.classes, (size,), generator=g).to(self.device)
+            # drawn even when unused, so every model's noise stream stays as it was
+            y = torch.randint(max(self.classes, 1), (size,), generator=g).to(self.device)
             self.ema(z, y if self.conditional else None)
         for m in norms:
             m.momentum = 0.1
@@ -196,11 +195,12 @@ class GANTask(ImageTask):
         """How varied the fixed-noise samples are. `diversity`: their mean pairwise pixel
         distance over that of real images (1 = as varied as the data, 0 = one image).
         `label_entropy` (when a cnn judge of this dataset is under ./runs): the entropy
-        in bits of the digits it sees in them (3.32 = all ten equally often)."""
+        in bits of the classes it sees in them (log2 of the classes when all are equally
+        often drawn: 3.32 for ten)."""
         if self.ema is not None:
             self.recalibrate_ema()
         fake = self.fixed_samples()
-        real = self.train_data[0][:len(fake)].float().div(255)
+        real = self.train_data.take(slice(0, len(fake)))[0].float().div(255)
         diversity = float(torch.pdist(fake.flatten(1)).mean() / torch.pdist(real.flatten(1)).mean())
         metrics = {"diversity": diversity}
         judge = self.training_judge()
@@ -208,28 +208,29 @@ class GANTask(ImageTask):
             from dlcli.metrics import judge_outputs, label_entropy
 
             predicted = judge_outputs(judge, fake)[1].argmax(1)
-            metrics["label_entropy"] = label_entropy(torch.bincount(predicted, minlength=self.classes))
+            metrics["label_entropy"] = label_entropy(torch.bincount(predicted))
         self.validations += 1
         few_classes = metrics.get("label_entropy", math.inf) < 1.5
         warmed_up = self.validations > WARMUP_EPOCHS  # a first epoch's samples are still noise
         if (diversity < 0.3 or few_classes) and warmed_up and not self.g_warned:
             self.g_warned = True
-            seen = (f"its fixed-noise samples show {metrics['label_entropy']:.2f} bits of digit "
-                    "variety (3.32 = all ten)" if few_classes else
+            seen = (f"its fixed-noise samples show {metrics['label_entropy']:.2f} bits of class "
+                    f"variety ({math.log2(judge.classes):.2f} = all {judge.classes})"
+                    if few_classes else
                     f"its fixed-noise samples vary {diversity:.2f}x as much as real images")
             warn(f"the generator may have collapsed: {seen} -- mode collapse, few or one "
-                 "digit. Look at samples/; try --set ema=0.999, --set label_smoothing=0.1, a "
+                 "kind of image. Look at samples/; try --set ema=0.999, --set label_smoothing=0.1, a "
                  "lower --lr, or another --seed")
         return metrics
 
     def training_judge(self):
-        """The newest cnn run under ./runs, if it is one to trust: trained on this dataset,
+        """The newest cnn run under ./runs, if it is one to trust: trained on this data,
         to the end of its epochs, to JUDGE_ACCURACY on validation. Else None (an untrained
         judge sees one digit everywhere). Looked up once."""
         if not hasattr(self, "_judge"):
             from dlcli.checkpoint import read_metadata
             from dlcli.runs import newest_checkpoint, run_progress
-            from dlcli.tasks.classify import load_judge
+            from dlcli.tasks.classify import judges, load_judge
 
             self._judge = None
             path = newest_checkpoint("cnn")
@@ -238,9 +239,9 @@ class GANTask(ImageTask):
                 try:
                     meta = read_metadata(path)
                     accuracy = json.loads(meta["metrics"]).get("val_accuracy", 0.0)
-                    if (accuracy >= JUDGE_ACCURACY
-                            and json.loads(meta["config"]).get("dataset") == self.config["dataset"]):
-                        self._judge = load_judge(path, self.device)
+                    if accuracy >= JUDGE_ACCURACY and self.classes:
+                        judge = load_judge(path, self.device)
+                        self._judge = judge if judges(judge.data_spec, self.data_spec) else None
                 except (DlcliError, KeyError, ValueError):
                     pass
         return self._judge
@@ -262,7 +263,7 @@ class GANTask(ImageTask):
         return (torch.cat(out) + 1) / 2
 
     def sample(self, n: int, label=None, grid: str | None = None, interpolate: bool = False):
-        """(images (N, 1, 28, 28) in [0, 1], images per row); z from the global RNG, which
+        """(images (N, C, H, W) in [0, 1], images per row); z from the global RNG, which
         the CLI seeds with --seed."""
         if grid not in (None, "samples"):
             raise DlcliError(f"{self.spec.name} has no --grid {grid!r}; choose one of: samples")
@@ -295,15 +296,23 @@ class GANTask(ImageTask):
                        "less than 1 it gives cleaner, less varied images)")
         return {"generator": Network(Wrapped(lambda *inputs: (G(*inputs) + 1) / 2, generator=G),
                                      [z] + ([label_port(self.classes)] if self.conditional else []),
-                                     [image_port()])}
+                                     [image_port(shape=self.data_spec["shape"])])}
 
     def evaluate(self, classifier=None, samples: int = 10000, **_) -> dict:
         """cfid, label_entropy, confidence (and label_accuracy for cgan) of `samples`
-        generated images against the test set, judged by a trained cnn."""
+        generated images against the test set, judged by a cnn trained on the same data.
+        Unlabeled data has no such judge: the metrics are skipped unless --classifier
+        names one."""
         from dlcli.metrics import score_samples
         from dlcli.tasks.classify import load_judge
 
-        judge = load_judge(classifier, self.device)
+        if not self.classes and classifier is None:
+            notice("cfid, label_entropy and confidence skipped: they need a cnn judge of this "
+                   f"data, and {self.data_spec['dataset']} has no classes to train one on "
+                   "(pass --classifier CKPT to use a judge of images of this shape)")
+            self.setup_eval_data()
+            return {"samples": 0}
+        judge = load_judge(classifier, self.device, data=self.data_spec)
         self.setup_eval_data()
         g = torch.Generator().manual_seed(0)  # the same noise every evaluation
 
@@ -315,6 +324,6 @@ class GANTask(ImageTask):
                      if self.conditional else None)
                 yield self.generate(z, y), y
 
-        real = to_unit_float(self.test_data[0])[0]
+        real = (x for x, _ in self.eval_batches("test"))
         return {**score_samples(judge, batches(), real), "samples": samples,
                 "judge": str(judge.checkpoint_path)}

@@ -93,8 +93,6 @@ class Seq2SeqTask(Task):
 
     # ---- model, tokenizer, optimizer -------------------------------------------------
     def build(self) -> None:
-        from dlcli.models.transformer import Transformer
-
         c = self.config
         self.corpus = None
         if "tokenizer" in self.meta:
@@ -103,12 +101,8 @@ class Seq2SeqTask(Task):
             self.corpus = text.load_corpus(c, self.data_dir)
             sources, targets = self.corpus.splits["train"]
             self.tokenizer = text.train_tokenizer(sources + targets, c["vocab_size"])
-        self.model = Transformer(
-            self.tokenizer.get_vocab_size(), d_model=c["d_model"], heads=c["heads"],
-            encoder_layers=c["encoder_layers"], decoder_layers=c["decoder_layers"],
-            d_ff=c["d_ff"], dropout=c["dropout"], tie_embeddings=c["tie_embeddings"],
-            pre_norm=c["pre_norm"], max_positions=c["max_len"] + 1, pad_id=text.PAD,
-        ).to(self.device)
+        vocabulary = {"vocab_size": self.tokenizer.get_vocab_size(), "pad_id": text.PAD}
+        self.model = self.spec.build(c, vocabulary).to(self.device)
         self.modules = {"model": self.model}
 
     def build_optimizers(self) -> None:

@@ -4,7 +4,7 @@ Training minimises recon + beta * KL (or recon + gamma * |KL - C| with the capac
 annealing of Burgess et al., 2018); every number reported is in nats per image. The
 pictures need no data: the latent units' KL, measured at each validation, travels in
 the checkpoint's metadata, so `sample --grid traverse|manifold` knows which units carry
-information. Only `--grid recon` reads test digits.
+information. Only `--grid recon` reads test images.
 """
 
 from __future__ import annotations
@@ -26,18 +26,10 @@ EVAL_SEED = 1234  # evaluation noise is fixed, so the same checkpoint gives the 
 
 class VAETask(ImageTask):
     losses = ("loss", "nelbo", "recon", "kl")
-    def build(self) -> None:
-        from dlcli.models.vae import VAE
 
-        c = self.config
-        if c["arch"] not in ("mlp", "conv"):
-            raise DlcliError(f"unknown arch {c['arch']!r}; choose one of: mlp, conv")
-        if c["latent"] < 1 or not c["hidden"] and c["arch"] == "mlp":
-            raise DlcliError("latent must be at least 1 unit, and an mlp needs a hidden layer")
+    def build_networks(self) -> None:
         self.conditional = self.spec.conditional
-        self.model = VAE(c["latent"], c["hidden"], c["arch"], c["channels"],
-                         classes=self.classes if self.conditional else 0,
-                         class_prior=c["class_prior"]).to(self.device)
+        self.model = self.spec.build(self.config, self.data_spec).to(self.device)
         self.modules = {"model": self.model}
         self.steps = 0  # optimizer steps so far: the clock of the capacity ramp
         # What each latent unit carries (mean KL, nats), from the last validation or checkpoint.
@@ -53,7 +45,7 @@ class VAETask(ImageTask):
     def capacity(self) -> float:
         """Burgess et al.'s target KL, ramped linearly from 0 to `capacity` nats."""
         c = self.config
-        steps_per_epoch = math.ceil(len(self.train_data[0]) / c["batch_size"])
+        steps_per_epoch = math.ceil(len(self.train_data) / c["batch_size"])
         ramp = (c["capacity_epochs"] or c["epochs"]) * steps_per_epoch
         return c["capacity"] * min(1.0, self.steps / max(ramp, 1))
 
@@ -121,11 +113,12 @@ class VAETask(ImageTask):
         return out
 
     def checkpoint_extra(self) -> dict[str, str]:
-        return {"latent_kl": json.dumps(self.latent_kl)} if self.latent_kl else {}
+        kl = {"latent_kl": json.dumps(self.latent_kl)} if self.latent_kl else {}
+        return {**super().checkpoint_extra(), **kl}
 
     def end_of_epoch(self, epoch: int) -> dict:
         """samples/epoch-NNN.png from the same noise every epoch (so the grids show the
-        model learning), and samples/recon-NNN.png: validation digits over their
+        model learning), and samples/recon-NNN.png: validation images over their
         reconstructions."""
         state = torch.get_rng_state()  # pictures must not move the training's random stream
         try:
@@ -145,7 +138,8 @@ class VAETask(ImageTask):
         from dlcli.tasks.classify import load_judge
 
         # looked up first: a bad --classifier fails before minutes of work
-        judge = load_judge(classifier, self.device, required=False) if self.conditional else None
+        judge = (load_judge(classifier, self.device, required=False, data=self.data_spec)
+                 if self.conditional else None)
         self.setup_eval_data()
         m = self.measure(self.eval_batches("test"))
         gen = torch.Generator(self.device).manual_seed(EVAL_SEED)
@@ -154,7 +148,7 @@ class VAETask(ImageTask):
         for x, y in self.eval_batches("test", chunk):
             nll += iwae_nll(self.model, x, self.labels(y), iwae_k, gen).sum().item()
         out = {"nelbo": m["nelbo"], "recon": m["recon"], "kl": m["kl"],
-               "iwae_nll": nll / len(self.test_data[0]), "iwae_k": iwae_k,
+               "iwae_nll": nll / len(self.test_data), "iwae_k": iwae_k,
                "active_units": m["active_units"], "latent": self.config["latent"],
                "kl_per_unit": m["kl_per_unit"]}
         if judge is not None:
@@ -165,11 +159,10 @@ class VAETask(ImageTask):
         return out
 
     def judge_labels(self, judge, samples: int) -> dict:
-        """Does the digit drawn match the label asked for? The cnn judge decides, for
+        """Does the class drawn match the label asked for? The cnn judge decides, for
         samples at the configured temperature and, when that is not 1, at 1 too."""
         from dlcli.metrics import score_samples
 
-        (real,) = to_unit_float(self.test_data[0])
         labels = torch.arange(samples, device=self.device) % self.classes
         out = {}
         for temperature in dict.fromkeys([self.config["temperature"], 1.0]):
@@ -178,10 +171,13 @@ class VAETask(ImageTask):
             scores = score_samples(judge, ((self.decode_prior(labels[i:i + 1000],
                                                               temperature=temperature),
                                             labels[i:i + 1000])
-                                           for i in range(0, samples, 1000)), real)
+                                           for i in range(0, samples, 1000)),
+                                  (x for x, _ in self.eval_batches("test")))
             torch.set_rng_state(state)
             suffix = "" if not out else f"_temperature_{temperature:g}"
             out.update({f"label_accuracy{suffix}": scores["label_accuracy"],
+                        f"label_accuracy_per_class{suffix}": scores["label_accuracy_per_class"],
+                        # the name it had when every dataset was of digits
                         f"label_accuracy_per_digit{suffix}": scores["label_accuracy_per_class"],
                         f"cfid{suffix}": scores["cfid"],
                         f"confidence{suffix}": scores["confidence"]})
@@ -245,7 +241,7 @@ class VAETask(ImageTask):
         from dlcli.images import Captions
 
         return Captions(rows=["input", "decoded"] * (rows // 2),
-                        below="each pair of rows: test digits, then their reconstructions")
+                        below="each pair of rows: test images, then their reconstructions")
 
     def unit_name(self, j: int) -> str:
         return f"z{j}" + (f" (KL {self.latent_kl[j]:.2f} nats)" if self.latent_kl else "")
@@ -262,9 +258,10 @@ class VAETask(ImageTask):
         code = "q(z | x) = N(mu, exp(logvar))"
         return {
             "decoder": Network(decoder, [eps] + label, [Port(
-                "images", (1, 28, 28), "the mean image, each pixel's probability of ink in "
-                "[0, 1]: 0 black background, 1 white ink")]),
-            "encoder": Network(encoder, [image_port()] + label,
+                "images", tuple(self.data_spec["shape"]), "the mean image, each pixel's "
+                "intensity in [0, 1] (for MNIST the probability of ink: 0 black background, 1 "
+                "white ink)")]),
+            "encoder": Network(encoder, [image_port(shape=self.data_spec["shape"])] + label,
                                [Port("mu", (latent,), f"the code's mean: {code}"),
                                 Port("logvar", (latent,), f"its log-variance: {code}")]),
         }
@@ -280,12 +277,12 @@ class VAETask(ImageTask):
         return active or order[:1]
 
     def fixed_label(self, label, n: int) -> torch.Tensor | None:
-        """One digit for a whole picture: --label, else one drawn at random (seeded)."""
+        """One class for a whole picture: --label, else one drawn at random (seeded)."""
         if not self.conditional:
             return None
         if label == "all":
-            raise DlcliError("this grid shows one digit; pass --label 0-9 (or leave it out "
-                             "for a random one)")
+            raise DlcliError("this grid shows one class; pass --label NAME or an index (or "
+                             "leave it out for a random one)")
         digit = int(torch.randint(self.classes, ())) if label is None else int(label)
         return torch.full((n,), digit, dtype=torch.long, device=self.device)
 
@@ -325,26 +322,25 @@ class VAETask(ImageTask):
         return self.decode_standard(z.view(-1, latent)), TRAVERSE_STEPS
 
     def test_digits(self, count: int, label=None):
-        """`count` test digits chosen at random (seeded), of one digit when label is given."""
+        """`count` test images chosen at random (seeded), of one class when label is given."""
         if not hasattr(self, "test_data"):
             self.setup_test_data()
-        x, y = self.test_data
-        pool = torch.arange(len(y), device=y.device)
+        split = self.test_data
+        pool = torch.arange(len(split), device=split.rows.device)
         if label is not None and label != "all":
-            pool = pool[y == int(label)]
+            pool = pool[split.labels[split.rows] == int(label)]
         pick = pool[torch.randperm(len(pool))[:count].to(pool.device)]
-        return to_unit_float(x[pick], y[pick])
+        x, y = split.take(pick)
+        return to_unit_float(x.to(self.device), y.to(self.device))
 
     def setup_test_data(self) -> None:
-        from dlcli.data.mnist import load_images
-
-        images = load_images(self.config["dataset"], self.data_dir)
-        self.test_data = (images.test_x.to(self.device), images.test_y.to(self.device))
+        self.setup_data()
 
     @torch.no_grad()
     def reconstructions(self, data, count: int, per_row: int):
-        """Pairs of rows: `per_row` digits of `data`, then the decoded means of their codes."""
-        x, y = to_unit_float(data[0][:count], data[1][:count])
+        """Pairs of rows: `per_row` images of `data`, then the decoded means of their codes."""
+        x, y = data.take(slice(0, count))
+        x, y = to_unit_float(x.to(self.device), y.to(self.device))
         return self.pair_rows(x, y, per_row)
 
     def pair_rows(self, x, y, per_row: int):
@@ -356,14 +352,14 @@ class VAETask(ImageTask):
         return torch.cat(rows), per_row
 
     def recon_grid(self, n: int, label=None):
-        """Whole pairs of rows: about n images, half of them test digits."""
+        """Whole pairs of rows: about n images, half of them test images."""
         per_row, pairs = self.recon_shape(n)
         x, y = self.test_digits(pairs * per_row, label)
         return self.pair_rows(x, y, per_row)
 
     @staticmethod
     def recon_shape(n: int) -> tuple[int, int]:
-        """Digits per row and pairs of rows for about n images in a recon grid."""
+        """Images per row and pairs of rows for about n images in a recon grid."""
         per_row = max(1, math.ceil(math.sqrt(n)))
         return per_row, max(1, n // (2 * per_row))
 
