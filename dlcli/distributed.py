@@ -69,6 +69,14 @@ def any_rank(flag: bool, d: Dist) -> bool:
     return bool(t.item())
 
 
+def from_rank0(value: int, d: Dist) -> int:
+    """Rank 0's `value` on every rank (rank 0 decides, say, which checkpoint to load)."""
+    t = torch.tensor([value], dtype=torch.int64,
+                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def barrier(d: Dist) -> None:
     if d.active:
         dist.barrier()
