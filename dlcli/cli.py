@@ -266,9 +266,8 @@ def train(
                          f"choose one of: {', '.join(spec.datasets)}")
     from dlcli import train as training
     from dlcli.checkpoint import checked_config, load_checkpoint
-    from dlcli.reporters import check_loggers
-
     from dlcli.console import notice
+    from dlcli.reporters import check_loggers
     from dlcli.runs import elastic_run_dir, newest_resumable, restarted_by_torchrun
 
     auto = resume == "auto" or (resume is None and restarted_by_torchrun())

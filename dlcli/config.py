@@ -356,8 +356,8 @@ def resumed_config(saved: dict, asked: dict, sources: dict, given: set[str],
                    epochs: int | None, checkpoint_name: str) -> tuple[dict, dict]:
     """The config a resumed run trains with: the checkpoint's (`saved`; architecture and
     data must not change under the weights), with only the epoch budget, the loggers and
-    checkpoint_every taken from the command line. Keys the user set (`given`) that differ are named in a warning. Returns
-    (config, sources) like traced_config."""
+    checkpoint_every taken from the command line. Keys the user set (`given`) that differ
+    are named in a warning. Returns (config, sources) like traced_config."""
     from dlcli.console import warn
 
     changed = {k: v for k, v in asked.items()
