@@ -39,7 +39,13 @@ def init_from_env(device: torch.device) -> Dist:
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        store, rank, world = next(dist.rendezvous("env://"))
+        # torchrun keeps its key-value store when it restarts the workers (--max-restarts):
+        # under the same keys, the new workers would read the dead ones' addresses and hang
+        # connecting to them. Each attempt gets keys of its own.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank,
+                                world_size=world, store=dist.PrefixStore(f"attempt-{attempt}/", store))
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
