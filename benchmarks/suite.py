@@ -11,7 +11,13 @@ shared machine falls on every side alike:
              do: a torch DataLoader over torchvision-style MNIST items (one PIL image at a
              time through ToTensor, benchmarks/tutorial_data.py), each optimizer built
              plainly as `torch.optim.Adam(model.parameters(), ...)`, float32.
-It also times sampling (images/s) and reports peak memory. The Transformer row compares
+It also times sampling (images/s) and reports peak memory, and how close each loop runs to
+the machine's limit: the dense matrix-product peak of this CPU (float32 and bfloat16, the
+best of a few sizes, measured in the same run with the same threads), each model's
+training FLOPs per item (forward + backward of one step, counted by
+torch.utils.flop_counter.FlopCounterMode: matrix products and convolutions, which is what
+the peak measures), and from them the GFLOP/s achieved and its fraction of the peak of the
+precision the products run in. The Transformer row compares
 dlcli's Transformer with torch.nn.Transformer of the same size on the same batches
 (benchmarks/transformer.py has the details) when that module is present.
 
@@ -129,6 +135,7 @@ def bench_image_model(model: str, data_dir, seconds: float) -> dict:
             return n
         return run
 
+    flops_per_item = image_flops_per_item(task, precision)
     sides = {"dlcli": steps(task, ours, precision), "baseline": steps(tutorial, theirs)}
     if plain is not None:
         sides["dlcli_fp32"] = steps(plain, endless(lambda: iter(plain.train_batches(0))))
@@ -139,7 +146,8 @@ def bench_image_model(model: str, data_dir, seconds: float) -> dict:
     row = {"model": model, "unit": "img/s", "batch": bs, "precision": precision,
            "dlcli": rates["dlcli"], "dlcli_fp32": fp32, "baseline": rates["baseline"],
            "ratio": rates["dlcli"] / rates["baseline"], "ratio_fp32": fp32 / rates["baseline"],
-           "baseline_kind": "DataLoader over per-sample ToTensor, plain torch.optim, float32"}
+           "baseline_kind": "DataLoader over per-sample ToTensor, plain torch.optim, float32",
+           "flops_per_item": flops_per_item}
     if get_spec(model).samples:
         task.train_mode(False)
         t0, n = time.perf_counter(), 0
@@ -151,6 +159,65 @@ def bench_image_model(model: str, data_dir, seconds: float) -> dict:
     return row
 
 
+def matmul_peak(dtype: torch.dtype, sizes=(256, 512, 1024, 2048), seconds: float = 0.5) -> float:
+    """GFLOP/s of square matrix products in `dtype`: the best of a few sizes, each run
+    for about `seconds` after a warm-up (2 n^3 floating-point operations a product)."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a @ b  # warm-up: oneDNN picks and caches its kernel
+        k, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            k += 1
+        best = max(best, 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def counted_flops(step) -> int:
+    """Floating-point operations torch's counter sees in step() (matmuls, convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def image_flops_per_item(task, precision: str) -> float:
+    """Training FLOPs per image of one of the task's optimizer steps."""
+    from dlcli.train import precision_context
+
+    batch = task.train_batches(0)[0]
+
+    def step():
+        with precision_context(task.device, precision):
+            task.train_step(batch)
+    return counted_flops(step) / len(batch[0])
+
+
+def transformer_flops_per_token() -> float:
+    """Training FLOPs per token of dlcli's Transformer at benchmarks/transformer.py's size."""
+    import transformer as tbench
+
+    a = tbench.parser().parse_args(["throughput"])
+    model = tbench.Transformer(a.vocab, a.d_model, a.heads, a.layers, a.layers, a.d_ff, 0.1,
+                               tie_embeddings=False)
+    (src, tgt), = tbench.make_batches(1, a.batch, a.vocab, a.min_len, a.max_len)
+    tokens = int((src != tbench.text.PAD).sum() + (tgt[:, 1:] != tbench.text.PAD).sum())
+    return counted_flops(lambda: model.loss(src, tgt[:, :-1], tgt[:, 1:], 0.1).backward()) / tokens
+
+
+# which measured peak a precision's matrix products are held against
+PEAK_OF = {"32": "float32", "bf16": "bfloat16", "bf16-matmul": "bfloat16"}
+
+
+def add_efficiency(row: dict, flops_per_item: float, peaks: dict) -> None:
+    row["gflop_per_item"] = flops_per_item / 1e9
+    row["gflops"] = row["dlcli"] * flops_per_item / 1e9
+    row["peak_gflops"] = peaks[PEAK_OF.get(row["precision"], "float32")]
+    row["of_peak"] = row["gflops"] / row["peak_gflops"]
+
+
 def bench_transformer() -> dict:
     import transformer as tbench  # benchmarks/transformer.py, beside this file
 
@@ -159,7 +226,7 @@ def bench_transformer() -> dict:
     ratio = rates["dlcli"] / rates["baseline"]
     return {"model": "transformer", "unit": "tok/s", "precision": "32", "dlcli": rates["dlcli"],
             "dlcli_fp32": rates["dlcli"], "baseline": rates["baseline"], "ratio": ratio,
-            "ratio_fp32": ratio,
+            "ratio_fp32": ratio, "flops_per_item": transformer_flops_per_token(),
             "baseline_kind": "torch.nn.Transformer, same size and batches"}
 
 
@@ -197,6 +264,9 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     torch.manual_seed(0)
     names = args.models.split(",") if args.models else [s.name for s in list_models()]
+    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+    print(f"matmul peak: float32 {peaks['float32']:,.1f} GFLOP/s, bfloat16 "
+          f"{peaks['bfloat16']:,.1f} GFLOP/s", file=sys.stderr)
     rows = []
     for name in names:
         spec = get_spec(name)
@@ -208,6 +278,7 @@ def main() -> None:
         else:
             row = bench_image_model(name, args.data_dir, args.seconds)
         row["bench_seconds"] = time.perf_counter() - t0
+        add_efficiency(row, row.pop("flops_per_item"), peaks)
         rows.append(row)
         print(f"{name}: {row['dlcli']:,.0f} vs {row['baseline']:,.0f} {row['unit']} "
               f"({row['ratio']:.2f}x)", file=sys.stderr)
@@ -215,7 +286,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         vae_mib = train_peak_memory("vae", args.data_dir, Path(tmp))
     header = (f"{'model':<12}{'precision':>10}{'dlcli':>10}{'fp32':>10}{'baseline':>10}"
-              f"{'ratio':>8}{'fp32':>8}  {'unit':<6}{'sample img/s':>14}")
+              f"{'ratio':>8}{'fp32':>8}  {'unit':<6}{'sample img/s':>14}"
+              f"{'MFLOP/item':>12}{'GFLOP/s':>9}{'of peak':>9}")
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; ratio: dlcli as trained "
           "(the preset's precision) over the baseline, fp32: both in float32")
@@ -224,12 +296,17 @@ def main() -> None:
         sample = f"{r['sample_img_per_s']:>14,.0f}" if "sample_img_per_s" in r else f"{'':>14}"
         print(f"{r['model']:<12}{r['precision']:>10}{r['dlcli']:>10,.0f}{r['dlcli_fp32']:>10,.0f}"
               f"{r['baseline']:>10,.0f}{r['ratio']:>7.2f}x{r['ratio_fp32']:>7.2f}x  "
-              f"{r['unit']:<6}{sample}")
+              f"{r['unit']:<6}{sample}{r['gflop_per_item'] * 1e3:>12,.2f}{r['gflops']:>9,.1f}"
+              f"{r['of_peak']:>8.1%}")
+    print(f"matmul peak, {torch.get_num_threads()} threads: float32 {peaks['float32']:,.1f} "
+          f"GFLOP/s, bfloat16 {peaks['bfloat16']:,.1f} GFLOP/s (of peak: against the peak of "
+          "the precision the products run in)")
     print(f"peak memory of this process: {peak_mib:,.0f} MiB; "
           f"of `dlcli train vae --epochs 1`: {vae_mib:,.0f} MiB")
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"rows": rows, "peak_mib": peak_mib, "train_vae_peak_mib": vae_mib}, indent=2))
+            {"rows": rows, "peak_mib": peak_mib, "train_vae_peak_mib": vae_mib,
+             "matmul_peak_gflops": peaks}, indent=2))
 
 
 if __name__ == "__main__":

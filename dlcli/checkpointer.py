@@ -1,7 +1,8 @@
 """A run's checkpoint policy, and weight averaging.
 
-The Checkpointer writes, in the run folder: last.safetensors after every epoch (and when
-stopped mid-epoch; it holds the training state --resume needs), best.safetensors when the
+The Checkpointer writes, in the run folder: last.safetensors after every epoch, every
+`checkpoint_every` steps or seconds between epoch ends, and when stopped mid-epoch (it holds
+the training state --resume needs, down to the batch inside the epoch), best.safetensors when the
 monitored metric improves, epoch-NNN.safetensors for the last `keep_epochs` epochs when the
 config asks, and at the end of training the average of those (averaged.safetensors).
 average_checkpoints is also `dlcli average`.
@@ -12,12 +13,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import torch
 
 from dlcli.checkpoint import load_checkpoint, save_checkpoint
-from dlcli.errors import DlcliError
+from dlcli.config import checkpoint_interval
+from dlcli.errors import DlcliError, TrainingFailed
 from dlcli.fileio import atomic_write
 from dlcli.registry import get_spec
 from dlcli.runtime import rng_state
@@ -36,12 +39,60 @@ class Checkpointer:
         self.best_path = run_dir / "best.safetensors" if run_dir else None
         self.keep = int(task.config.get("keep_epochs", 0))
         self.metrics: dict = {}  # the last epoch's, which a mid-epoch checkpoint carries too
+        self.every_steps, self.every_seconds = checkpoint_interval(
+            task.config.get("checkpoint_every", 0))
+        self.saved_at = (time.monotonic(), None)  # (when, at which step) last.safetensors was
+        self.failing = False  # the last write failed (said once until one succeeds)
 
-    def save(self, epoch_done: int, batch: int, step: int) -> None:
+    def due(self, step: int) -> bool:
+        """Whether checkpoint_every asks for a save after optimizer step `step`. Steps are
+        counted from the last save, so a resumed run saves at the same steps as one never
+        stopped; the clock is rank 0's own, and only rank 0 writes."""
+        if self.dir is None:
+            return False
+        since, at = self.saved_at
+        if self.every_steps is not None:
+            return step % self.every_steps == 0 and step != at
+        return self.every_seconds is not None and time.monotonic() - since >= self.every_seconds
+
+    def save(self, epoch_done: int, batch: int, step: int, must: bool = False) -> None:
         """last.safetensors: the weights and everything --resume needs to continue after
-        `batch` batches of epoch `epoch_done` + 1 (0: at the epoch's start)."""
+        `batch` batches of epoch `epoch_done` + 1 (0: at the epoch's start).
+
+        A write that fails (disk full, folder read-only) leaves the previous file whole
+        (atomic_write). Training then goes on with a one-line warning: hours of progress
+        held in memory are worth more than one missed checkpoint, and the next one tries
+        again (space is often freed meanwhile). Only a save that must succeed, the final
+        one or the one a signal asked for, stops the run with exit 1."""
         if self.dir is None:
             return
+        if self._guarded(lambda: self._write_last(epoch_done, batch, step), step, must):
+            self.saved_at = (time.monotonic(), step)
+
+    def _guarded(self, write, step: int, must: bool) -> bool:
+        """Run write(); on failure warn (or, `must`, stop with exit 1). True: written."""
+        try:
+            write()
+        except DlcliError as e:
+            kept = f"{self.last} is kept as it was" if self.last.is_file() else \
+                "no checkpoint was written yet"
+            if must:
+                raise TrainingFailed(f"checkpoint at step {step} not saved: {e}; {kept}") from None
+            if not self.failing:
+                from dlcli.console import warn
+
+                warn(f"checkpoint at step {step} not saved: {e}; {kept}; training goes on "
+                     "and tries again at the next checkpoint")
+            self.failing = True
+            return False
+        if self.failing:
+            from dlcli.console import notice
+
+            notice(f"checkpoints are written again (step {step})")
+        self.failing = False
+        return True
+
+    def _write_last(self, epoch_done: int, batch: int, step: int) -> None:
         task = self.task
         state = {"task": task.training_state(), "rng": rng_state(), "batch": batch, "best": self.best}
         # the data folder too, so that --resume finds the same data without --data-dir
@@ -52,20 +103,23 @@ class Checkpointer:
                         extra={**task.checkpoint_extra(), **where, **origin})
         self._wrote(self.last, "last")
 
-    def end_of_epoch(self, epoch: int, step: int, metrics: dict) -> None:
+    def end_of_epoch(self, epoch: int, step: int, metrics: dict, final: bool = False) -> None:
         """After epoch `epoch` (1-based) has been validated: last, best if it improved,
-        and the epoch's own snapshot if the config keeps some."""
+        and the epoch's own snapshot if the config keeps some. `final`: the last epoch,
+        whose checkpoint must be written (see save)."""
         monitor = self.task.monitor
         improved = monitor is None or self.best is None or metrics.get(monitor, math.inf) < self.best
         if improved and monitor is not None:
             self.best = metrics.get(monitor)
-        if self.keep > 0:
-            self.snapshot(epoch)
+        if self.keep > 0 and self.dir is not None:
+            self._guarded(lambda: self.snapshot(epoch), step, must=False)
         self.metrics = metrics
-        self.save(epoch, 0, step)
-        if improved and self.dir is not None:
-            atomic_write(self.best_path, lambda tmp: shutil.copyfile(self.last, tmp))
-            self._wrote(self.best_path, "best")
+        self.save(epoch, 0, step, must=final)
+        if improved and self.dir is not None and not self.failing:
+            def copy_best():
+                atomic_write(self.best_path, lambda tmp: shutil.copyfile(self.last, tmp))
+                self._wrote(self.best_path, "best")
+            self._guarded(copy_best, step, must=final)
 
     def snapshot(self, epoch: int) -> None:
         """epoch-NNN.safetensors (weights only), keeping the newest `keep_epochs`."""
@@ -117,7 +171,7 @@ TRAINING_KEYS = {"epochs", "lr", "seed", "batch_size", "optimizer", "momentum", 
                  "label_smoothing", "dropout", "d_dropout", "precision", "val_size", "keep_epochs",
                  "val_translate", "ema", "beta", "gamma", "capacity", "capacity_epochs",
                  "truncation", "temperature", "beam", "length_penalty", "data", "train_size",
-                 "logger"}
+                 "logger", "checkpoint_every"}
 # Metadata that gives the weights their meaning: the same numbers under another tokenizer
 # or other class names are another model.
 MEANING_KEYS = ("tokenizer", "image_data", "classes", "class_names", "image_shape",

@@ -231,7 +231,9 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help="Same seed, same run (on a CPU)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (new or empty)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint to continue from."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="Checkpoint to continue from, or `auto`: the newest checkpoint "
+        "of --run-dir, or a fresh start there when it has none (implied on a torchrun restart)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with dataset subfolders."),
     data: List[Path] = typer.Option([], "--data", help="Your own data: a folder of images (image "
                                     "models; class subfolders = labels), or parallel text FILE.tsv "
@@ -264,14 +266,31 @@ def train(
                          f"choose one of: {', '.join(spec.datasets)}")
     from dlcli import train as training
     from dlcli.checkpoint import checked_config, load_checkpoint
+    from dlcli.console import notice
     from dlcli.reporters import check_loggers
+    from dlcli.runs import elastic_run_dir, newest_resumable, restarted_by_torchrun
 
+    auto = resume == "auto" or (resume is None and restarted_by_torchrun())
+    run_dir = run_dir or elastic_run_dir(model)  # stable across torchrun's restarts
+    if auto:
+        if run_dir is None:
+            raise DlcliError("--resume auto continues the run in --run-dir; name that folder "
+                             "(e.g. --run-dir runs/job-$SLURM_JOB_ID)")
+        resume = newest_resumable(run_dir)
+        if resume is None:
+            notice(f"--resume auto: no checkpoint in {run_dir} yet; starting there afresh")
+    resume = Path(resume) if resume is not None else None
     if resume is not None:
         checkpoint = load_checkpoint(resume, expect_model=model, tensors=False)  # train() loads it
         given = {k for k in config if flags.get(k) is not None or preset
                  or any(s.startswith(k + "=") for s in set_)}
         config, sources = resumed_config(checked_config(checkpoint), config, sources, given,
                                          epochs, resume.name)
+        if auto and checkpoint.epoch >= config["epochs"]:  # a requeued job that had finished
+            notice(f"--resume auto: {run_dir} has trained its {checkpoint.epoch} epochs already")
+            if os.environ.get("RANK", "0") == "0":
+                out(str(next(p for p in (run_dir / "best.safetensors", resume) if p.is_file())))
+            return
         training.check_resumable(checkpoint, config["epochs"])
     check_loggers(config.get("logger", []))  # a missing extra is said before anything starts
     if dry_run:
@@ -281,7 +300,7 @@ def train(
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # after the checks: one error, once
         _launch_torchrun(nproc_per_node)
     path = training.train(spec, config, device=device, data_dir=data_dir, run_dir=run_dir,
-                          resume_path=resume, precision=precision, compile=compile_)
+                          resume_path=resume, precision=precision, compile=compile_, auto=auto)
     if path is not None:  # rank 0 only
         out(str(path))
 

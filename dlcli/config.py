@@ -20,7 +20,14 @@ _PACKAGED_PRESETS = Path(__file__).parent / "presets"
 PRESET_DIR = _PACKAGED_PRESETS if _PACKAGED_PRESETS.is_dir() else Path(__file__).parent.parent / "presets"
 PRECISIONS = ("auto", "32", "bf16", "bf16-matmul", "16-mixed")
 # Keys every model has that its preset need not list; checkpoints older than a key lack it.
-COMMON = {"logger": []}  # where a run reports besides its folder: tensorboard, mlflow
+COMMON = {
+    "logger": [],  # where a run reports besides its folder: tensorboard, mlflow
+    # last.safetensors between epoch ends too: every N optimizer steps ("500") or every
+    # so long ("90s", "10m", "1h"); "0" only at epoch ends. 10 minutes bounds what a kill
+    # (out of memory, a lost node) throws away, and a save every 10 minutes costs far less
+    # than 1% of the time (a few hundred ms on the transformer preset).
+    "checkpoint_every": "10m",
+}
 
 # The keys of your own folder of images (`--data DIR`), which every model that trains on
 # images takes: added to its schema here rather than repeated in each preset. Checkpoints
@@ -300,9 +307,27 @@ def validate_numbers(config: dict) -> None:
         raise DlcliError(f"d_model ({config['d_model']}) must be a multiple of heads "
                          f"({config['heads']}): each head gets d_model / heads dimensions")
     check_image_keys(config)
+    if "checkpoint_every" in config:
+        checkpoint_interval(config["checkpoint_every"])
     if "precision" in config and str(config["precision"]) not in PRECISIONS:
         raise DlcliError(f"unknown precision {config['precision']!r}; choose one of: "
                          + ", ".join(PRECISIONS))
+
+
+SECONDS_PER = {"s": 1, "m": 60, "h": 3600}
+
+
+def checkpoint_interval(value) -> tuple[int | None, float | None]:
+    """checkpoint_every as (steps, seconds), one of them None; (None, None): epoch ends only."""
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh]?)", text)
+    if match is None or (not match[2] and "." in match[1]):
+        raise DlcliError(f"bad value for 'checkpoint_every': {value!r}; give optimizer steps "
+                         "(500), a duration (90s, 10m, 1h), or 0 for epoch ends only")
+    number = float(match[1])
+    if number == 0:
+        return None, None
+    return (None, number * SECONDS_PER[match[2]]) if match[2] else (int(number), None)
 
 
 def check_image_keys(config: dict) -> None:
@@ -323,22 +348,27 @@ def check_image_keys(config: dict) -> None:
                              + ", ".join(RESIZE_MODES))
 
 
+# what a resumed run may change: how long it trains, where it reports, how often it saves
+FROM_COMMAND_LINE = ("epochs", "logger", "checkpoint_every")
+
+
 def resumed_config(saved: dict, asked: dict, sources: dict, given: set[str],
                    epochs: int | None, checkpoint_name: str) -> tuple[dict, dict]:
     """The config a resumed run trains with: the checkpoint's (`saved`; architecture and
-    data must not change under the weights), with only the epoch budget and the loggers
-    taken from the command line. Keys the user set (`given`) that differ are named in a warning. Returns
-    (config, sources) like traced_config."""
+    data must not change under the weights), with only the epoch budget, the loggers and
+    checkpoint_every taken from the command line. Keys the user set (`given`) that differ
+    are named in a warning. Returns (config, sources) like traced_config."""
     from dlcli.console import warn
 
     changed = {k: v for k, v in asked.items()
-               if k not in ("epochs", "logger") and k in given and saved.get(k) != v}
+               if k not in FROM_COMMAND_LINE and k in given and saved.get(k) != v}
     if changed:
         warn("resuming keeps the checkpoint's config; ignored: "
              + ", ".join(f"{k}={v}" for k, v in changed.items()))
     config = {**saved, "epochs": epochs if epochs is not None else saved["epochs"]}
-    if "logger" in given:
-        config["logger"] = asked["logger"]
+    for key in ("logger", "checkpoint_every"):
+        if key in given:
+            config[key] = asked[key]
     if config["epochs"] != saved["epochs"] and saved.get("schedule") == "cosine":
         warn(f"the cosine schedule was planned for {saved['epochs']} epochs; it now "
              f"stretches to {config['epochs']}")

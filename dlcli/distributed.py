@@ -39,7 +39,13 @@ def init_from_env(device: torch.device) -> Dist:
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        store, rank, world = next(dist.rendezvous("env://"))
+        # torchrun keeps its key-value store when it restarts the workers (--max-restarts):
+        # under the same keys, the new workers would read the dead ones' addresses and hang
+        # connecting to them. Each attempt gets keys of its own.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank,
+                                world_size=world, store=dist.PrefixStore(f"attempt-{attempt}/", store))
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -67,6 +73,14 @@ def any_rank(flag: bool, d: Dist) -> bool:
     t = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def from_rank0(value: int, d: Dist) -> int:
+    """Rank 0's `value` on every rank (rank 0 decides, say, which checkpoint to load)."""
+    t = torch.tensor([value], dtype=torch.int64,
+                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(t, src=0)
+    return int(t.item())
 
 
 def barrier(d: Dist) -> None:

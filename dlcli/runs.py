@@ -43,6 +43,52 @@ def new_run_dir(model: str, run_dir=None, root: Path = RUNS_ROOT) -> Path:
     raise DlcliError(f"could not create a run folder under {base}")
 
 
+def restarted_by_torchrun() -> bool:
+    """Whether torchrun started this worker again after a failure (--max-restarts)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
+def elastic_run_dir(model: str, root: Path = RUNS_ROOT) -> Path | None:
+    """Under torchrun with restarts allowed, the run folder every restart finds again:
+    runs/<model>/<rendezvous id> (torchrun's --rdzv-id; --standalone makes one up per
+    launch). None elsewhere: a run folder named by the time is claimed as usual."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0:
+        return root / model / run_id
+    return None
+
+
+def newest_resumable(folder: Path) -> Path | None:
+    """The newest checkpoint of a run folder that holds training state and reads whole
+    (last.safetensors, else best.safetensors, by optimizer step); None: none."""
+    from dlcli.checkpoint import read_metadata
+
+    found = []
+    for rank, name in enumerate(("best.safetensors", "last.safetensors")):  # ties: last
+        try:
+            meta = read_metadata(Path(folder) / name)
+            if "state" in meta:
+                found.append((int(meta.get("step", 0)), rank, Path(folder) / name))
+        except (DlcliError, ValueError):
+            continue
+    return max(found)[2] if found else None
+
+
+def adopt_run_dir(model: str, run_dir: Path) -> Path:
+    """--resume auto: the run folder to go on in. A new or empty one is claimed as usual;
+    one a run of ours has written to (config.yaml) is taken over, less the temporary
+    files a killed writer left behind; anything else is refused."""
+    path = Path(run_dir)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return new_run_dir(model, path)
+    if not (path / "config.yaml").is_file():
+        raise DlcliError(f"--run-dir {path} is not a dlcli run folder (no config.yaml); "
+                         "--resume auto only continues runs of dlcli")
+    for leftover in path.rglob(".*.tmp"):  # atomic_write's, from a process killed mid-write
+        leftover.unlink(missing_ok=True)
+    return path
+
+
 SHORT_RUN_STEPS = 100  # a run with fewer optimizer steps has hardly learned anything
 
 

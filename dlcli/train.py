@@ -109,15 +109,19 @@ def fit(task, run_dir: Path | None, resume=None, d: Dist = Dist(), precision: st
                     if step % LOG_EVERY == 0:
                         report.record({"kind": "step", "epoch": epoch + 1, "step": step, **logs})
                     if i + 1 < len(batches) and stop.agreed(d):
-                        saver.save(epoch, i + 1, step)  # mid-epoch: a resume skips the batches seen
+                        # mid-epoch: a resume skips the batches seen
+                        saver.save(epoch, i + 1, step, must=True)
                         distributed.barrier(d)
                         raise Interrupted(saver.last, stop.signum)
+                    if i + 1 < len(batches) and saver.due(step):  # checkpoint_every (rank 0)
+                        saver.save(epoch, i + 1, step)
                 skip = 0
                 task.train_mode(False)
                 if d.active:
                     distributed.average_floating_state(list(task.modules.values()), d)
                 if d.main:
-                    end_of_epoch(task, report, saver, epoch + 1, step, meter)
+                    end_of_epoch(task, report, saver, epoch + 1, step, meter,
+                                 final=epoch + 1 == epochs)
                 done = epoch + 1
                 if epoch + 1 < epochs and stop.agreed(d):
                     distributed.barrier(d)
@@ -161,7 +165,8 @@ def check_finite(logs: dict, losses, epoch: int, step: int, saver, run_dir) -> N
             + "; try a lower --lr")
 
 
-def end_of_epoch(task, report, saver, epoch: int, step: int, meter: Meter) -> None:
+def end_of_epoch(task, report, saver, epoch: int, step: int, meter: Meter,
+                 final: bool = False) -> None:
     """Validate, report the epoch's metrics and pictures, and checkpoint (rank 0)."""
     seconds = meter.seconds()
     metrics = {f"train_{k}": v for k, v in meter.means().items()}
@@ -170,7 +175,7 @@ def end_of_epoch(task, report, saver, epoch: int, step: int, meter: Meter) -> No
     report.record({"kind": "epoch", "epoch": epoch, "step": step, **metrics})
     for tag, (images, nrow, captions) in task.end_of_epoch(epoch).items():
         report.images(epoch, tag, images, nrow, captions)
-    saver.end_of_epoch(epoch, step, metrics)
+    saver.end_of_epoch(epoch, step, metrics, final)
 
 
 def check_resumable(ckpt, epochs: int) -> None:
@@ -215,17 +220,22 @@ def keep_metrics_until(path: Path, step: int) -> None:
         except (ValueError, TypeError, AttributeError):
             return 0  # not a record of ours: left as it is
 
+    if not path.is_file():
+        return
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if logged_at(line) <= step]
+    # a last line without its newline was torn by a kill mid-write: it goes too
+    kept = [line for line in lines if logged_at(line) <= step and line.endswith("\n")]
     if len(kept) != len(lines):
         atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept), encoding="utf-8"))
 
 
 def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=None,
-          resume_path=None, precision: str | None = None, compile: bool = False) -> Path | None:
+          resume_path=None, precision: str | None = None, compile: bool = False,
+          auto: bool = False) -> Path | None:
     """Build the task, claim the run folder (rank 0), and fit. Returns the checkpoint path
-    (None on ranks other than 0)."""
-    from dlcli.runs import new_run_dir
+    (None on ranks other than 0). `auto` (--resume auto, a torchrun restart): `run_dir`
+    may hold the run to go on with, and `resume_path` is its newest checkpoint or None."""
+    from dlcli.runs import adopt_run_dir, new_run_dir
 
     dev = pick_device(device)
     d = distributed.init_from_env(dev)
@@ -240,6 +250,8 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
         if not {"task", "rng", "batch"} <= resume.state.keys():
             raise DlcliError(f"{resume.path}: its training state is not what dlcli writes (a "
                              "damaged or edited checkpoint)")
+    if auto and d.active:
+        agree_on_resume(resume, run_dir, d)
     task, precision = prepare_task(spec, config, dev, data_dir, resume, precision)
     if compile:
         compile_modules(task.modules)
@@ -252,7 +264,14 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
     folder, provenance = None, None
     if d.main:
         provenance = run_provenance(task, precision)
-        if resume is not None and run_dir is None and continues_its_run(resume):
+        if auto:  # the run folder of a run that died (or of none yet)
+            folder = adopt_run_dir(spec.name, run_dir)
+            metrics = folder / "metrics.jsonl"
+            if resume is not None:
+                keep_metrics_until(metrics, resume.step)
+            else:  # died before its first checkpoint: starts over
+                metrics.unlink(missing_ok=True)
+        elif resume is not None and run_dir is None and continues_its_run(resume):
             folder = resume.path.parent  # carry on in the run folder the checkpoint came from
             keep_metrics_until(folder / "metrics.jsonl", resume.step)
         else:  # --run-dir, a fresh run, or a checkpoint kept elsewhere: never write next to it
@@ -264,6 +283,19 @@ def train(spec, config: dict, *, device: str = "auto", data_dir=None, run_dir=No
     finally:
         if d.active and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def agree_on_resume(resume, run_dir, d: Dist) -> None:
+    """--resume auto under torchrun: rank 0 decides which checkpoint every rank starts
+    from (by its step; -1: none). A rank that found another (a node that does not see the
+    run folder rank 0 writes) stops the whole group with one clear line."""
+    mine = resume.step if resume is not None else -1
+    chosen = distributed.from_rank0(mine, d)
+    if distributed.any_rank(chosen != mine, d):
+        said = "none" if chosen < 0 else f"the one at step {chosen}"
+        raise DlcliError(f"--resume auto: the ranks found different checkpoints in {run_dir} "
+                         f"(rank 0 {said}); every node must see the run folder (a shared "
+                         "filesystem), or pass --run-dir on one")
 
 
 def write_config(run_dir: Path, config: dict, provenance: dict) -> None:
