@@ -268,18 +268,9 @@ def train(
     from dlcli.checkpoint import checked_config, load_checkpoint
     from dlcli.console import notice
     from dlcli.reporters import check_loggers
-    from dlcli.runs import elastic_run_dir, newest_resumable, restarted_by_torchrun
+    from dlcli.runs import resume_point
 
-    auto = resume == "auto" or (resume is None and restarted_by_torchrun())
-    run_dir = run_dir or elastic_run_dir(model)  # stable across torchrun's restarts
-    if auto:
-        if run_dir is None:
-            raise DlcliError("--resume auto continues the run in --run-dir; name that folder "
-                             "(e.g. --run-dir runs/job-$SLURM_JOB_ID)")
-        resume = newest_resumable(run_dir)
-        if resume is None:
-            notice(f"--resume auto: no checkpoint in {run_dir} yet; starting there afresh")
-    resume = Path(resume) if resume is not None else None
+    resume, run_dir, auto = resume_point(model, resume, run_dir)
     if resume is not None:
         checkpoint = load_checkpoint(resume, expect_model=model, tensors=False)  # train() loads it
         given = {k for k in config if flags.get(k) is not None or preset

@@ -77,8 +77,11 @@ def list_models() -> list[ModelSpec]:
 
 
 def all_datasets() -> list[str]:
-    """Every dataset some model trains on, in registration order."""
-    return list(dict.fromkeys(d for spec in _MODELS.values() for d in spec.datasets))
+    """Every dataset some model trains on that --dataset names, in registration order."""
+    from dlcli.data.catalog import get_dataset
+
+    return list(dict.fromkeys(d for spec in _MODELS.values() for d in spec.datasets
+                              if get_dataset(d).by_name))
 
 
 register(ModelSpec(

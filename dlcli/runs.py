@@ -58,6 +58,26 @@ def elastic_run_dir(model: str, root: Path = RUNS_ROOT) -> Path | None:
     return None
 
 
+def resume_point(model: str, resume: str | None, run_dir: Path | None
+                 ) -> tuple[Path | None, Path | None, bool]:
+    """What `train --resume` continues from: (checkpoint or None, run folder, auto).
+    `--resume auto`, or any restart by torchrun, takes the run folder's newest complete
+    checkpoint, or starts there afresh; under torchrun the folder is one every restart finds."""
+    from dlcli.console import notice
+
+    auto = resume == "auto" or (resume is None and restarted_by_torchrun())
+    run_dir = run_dir or elastic_run_dir(model)
+    if not auto:
+        return (Path(resume) if resume is not None else None), run_dir, False
+    if run_dir is None:
+        raise DlcliError("--resume auto continues the run in --run-dir; name that folder "
+                         "(e.g. --run-dir runs/job-$SLURM_JOB_ID)")
+    found = newest_resumable(run_dir)
+    if found is None:
+        notice(f"--resume auto: no checkpoint in {run_dir} yet; starting there afresh")
+    return found, run_dir, True
+
+
 def newest_resumable(folder: Path) -> Path | None:
     """The newest checkpoint of a run folder that holds training state and reads whole
     (last.safetensors, else best.safetensors, by optimizer step); None: none."""

@@ -19,7 +19,8 @@ def test_help_has_examples_and_no_python_types():
     """Every command's --help ends with examples and labels values in plain words; it
     stays torch-free (train --help lists the models from the registry)."""
     commands = [["train"], ["sample"], ["translate"], ["inspect"], ["evaluate"], ["models"],
-                ["average"], ["export"], ["predict"], ["presets", "copy"], ["presets", "validate"], []]
+                ["average"], ["export"], ["predict"], ["presets", "copy"], ["presets", "validate"],
+                ["runs"], ["runs", "list"], ["runs", "show"], ["runs", "compare"], ["datasets"], []]
     code = (
         "import contextlib, io, json, sys\n"
         "from dlcli.cli import main\n"

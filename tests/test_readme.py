@@ -72,6 +72,14 @@ COMMANDS = [
             out=r"my\.yaml"),
     Command("dlcli train mlp --preset my.yaml", run="dlcli train mlp --preset my.yaml --epochs 1",
             out=PATH_OUT),
+    # Train on your own images: tests/test_own_images.py trains on a generated RGB folder
+    Command("dlcli train dcgan --preset dcgan-64 --data ~/pictures/faces",
+            skip="needs a folder of your pictures; test_own_images.py trains dcgan on generated ones"),
+    Command("dlcli train cnn --data ~/pictures/pets --set image_size=64",
+            skip="needs a folder of your pictures; test_own_images.py trains cnn on generated ones"),
+    Command('dlcli sample cvae --label "ankle boot"',
+            skip="needs a Fashion-MNIST cvae; test_every_model.py samples by class name"),
+    Command("dlcli datasets", out=r"cifar10 .*image"),
     # Data parallel
     Command("dlcli train vae --nproc-per-node 2", run="dlcli train vae --nproc-per-node 2 --epochs 1",
             out=PATH_OUT, slow=True),

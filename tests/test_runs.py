@@ -315,29 +315,6 @@ def test_run_options_before_the_subcommand_apply_to_it(tmp_path, capsys):
     assert json.loads(out)["config"]["lr"] == [0.1, 0.5]
 
 
-def test_runs_help_is_torch_free_with_examples():
-    code = (
-        "import contextlib, io, json, sys\n"
-        "from dlcli.cli import main\n"
-        "pages = {}\n"
-        "for argv in (['runs'], ['runs', 'list'], ['runs', 'show'], ['runs', 'compare']):\n"
-        "    buf = io.StringIO()\n"
-        "    with contextlib.redirect_stdout(buf):\n"
-        "        try:\n"
-        "            main(argv + ['--help'])\n"
-        "        except SystemExit as e:\n"
-        "            assert e.code == 0, (argv, e.code)\n"
-        "    pages[' '.join(argv)] = buf.getvalue()\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'pages': pages}))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert result["torch"] is False
-    for name, page in result["pages"].items():
-        assert "Examples:" in page and f"dlcli {name}" in page.split("Examples:")[1], name
-
-
 def test_listing_runs_with_start_records_is_torch_free(tmp_path):
     """The start record names the monitored metric, so a listing needs no model task."""
     for model, monitor in (("mlp", "val_loss"), ("gan", None)):

@@ -24,6 +24,7 @@ class DatasetInfo:
     source: str = ""  # where the files come from
     mean: tuple[float, ...] = ()  # per-channel mean and std of the training pixels in [0, 1]
     std: tuple[float, ...] = ()
+    by_name: bool = True  # chosen with --dataset NAME; a folder is chosen with --data DIR
 
 
 _DATASETS: dict[str, DatasetInfo] = {}
@@ -74,7 +75,7 @@ register_dataset(DatasetInfo(
 # Your own images: shape and classes are found in the folder (and kept in the checkpoint).
 register_dataset(DatasetInfo(
     "folder", "image", "your own images: --data DIR (class subfolders give the labels)",
-    source="--data DIR"))
+    source="--data DIR", by_name=False))
 for _table in ("and", "or", "xor"):
     register_dataset(DatasetInfo(
         _table, "toy", f"the truth table of {_table} over two binary inputs", (2,), ("0", "1"),
