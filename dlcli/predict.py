@@ -1,6 +1,10 @@
 """`dlcli predict`: a trained classifier's answer for image files.
 
-Each image is made to look like the training data before the classifier sees it:
+Each image is made to look like the training data before the classifier sees it. A
+classifier trained on a folder of your own images, or on colour images, gets each file
+prepared exactly as its training images were (dlcli/data/decode.py: the same channels,
+size and resize mode). One trained on a named single-channel dataset (MNIST's digits,
+Fashion-MNIST's clothes) gets MNIST's recipe, so that a photo of a digit on paper works:
 
   * one grey channel in [0, 1] (colour is averaged; transparency is laid over white);
   * light ink on a dark background, as in MNIST: an image whose border is brighter than
@@ -103,9 +107,20 @@ def centred_digit(x: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def prepare(path, shape: tuple[int, int, int]) -> torch.Tensor:
-    """An image file as the classifier's input, (C, H, W) in [0, 1]."""
+def prepare(path, shape: tuple[int, int, int], resize: str | None = None) -> torch.Tensor:
+    """An image file as the classifier's input, (C, H, W) in [0, 1]: decoded as the
+    training folder's images were when `resize` is given, else by MNIST's recipe."""
     channels, height, width = shape
+    if resize is not None:
+        from dlcli.data.decode import decode, why_unusable
+
+        try:
+            pixels = decode(str(path), height, width, channels, resize)
+        except FileNotFoundError:
+            raise UnreadableImage("no such file") from None
+        except Exception as e:  # noqa: BLE001 -- whatever broke, the file is not usable
+            raise UnreadableImage(why_unusable(e)) from None
+        return torch.tensor(pixels, dtype=torch.float32).div_(255)
     x = light_on_dark(read_grey(path))
     if x.shape != (height, width):
         x = centred_digit(x, height) if height == width else _resized(x, height, width)
@@ -141,10 +156,12 @@ def predict_paths(task, paths: list[str]) -> tuple[list[Prediction | None], list
     """A prediction per path (None where the image could not be read), and the errors."""
     network = task.networks()["classifier"]
     shape, names = network.inputs[0].shape, network.classes
+    as_trained = task.config.get("data") or shape[0] == 3  # a folder's, or colour images
+    resize = task.config.get("resize", "center-crop") if as_trained else None
     images, readable, errors = [], [], []
     for i, path in enumerate(paths):
         try:
-            images.append(prepare(path, shape))
+            images.append(prepare(path, shape, resize))
             readable.append(i)
         except UnreadableImage as e:
             errors.append(f"{path}: {e}")

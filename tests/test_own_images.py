@@ -3,6 +3,7 @@ conditional and unconditional image models, and sampling by class name gives RGB
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,14 @@ def test_an_rgb_folder_trains_and_samples_by_class_name(tmp_path, shapes_folder,
     if model == "cnn":
         scores = run_cli("evaluate", ckpt, "--json", check=0)
         assert '"accuracy"' in scores.stdout
+        red = sorted((shapes_folder / "red square").glob("*.png"))[:2]
+        answers = run_cli("predict", ckpt, *red, "--json", check=0).stdout.splitlines()
+        assert len(answers) == 2 and all(json.loads(a)["class"] in CLASSES for a in answers)
+        # prepared as the training images were: in colour, at the trained size
+        from dlcli.predict import prepare
+
+        x = prepare(red[0], (3, 32, 32), "center-crop")
+        assert x.shape == (3, 32, 32) and (x[0] - x[2]).abs().max() > 0.5  # red is not blue
         return
     out = tmp_path / "grid.png"
     label = ["--label", "red square"] if model in ("cgan", "cvae") else []

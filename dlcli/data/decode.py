@@ -45,7 +45,8 @@ def _open(path: str):
     return image
 
 
-def _why(error: Exception) -> str:
+def why_unusable(error: Exception) -> str:
+    """A few words on why a file could not be used as an image."""
     if isinstance(error, Skip):
         return str(error)
     if isinstance(error, UnidentifiedImageError):
@@ -78,7 +79,7 @@ def probe(path: str) -> tuple[int, int, bool] | str:
                 return f"too small ({width}x{height})"
             return width, height, _is_gray(image)
     except Exception as e:  # noqa: BLE001 -- any failure of any codec is a skipped file
-        return _why(e)
+        return why_unusable(e)
 
 
 def probe_chunk(paths: list[str]) -> list:
@@ -162,7 +163,7 @@ def decode_chunk(job) -> tuple[list[int], np.ndarray, np.ndarray, list[tuple[int
             rows.append(decode(path, height, width, channels, resize))
             done.append(index)
         except Exception as e:  # noqa: BLE001 -- a broken file is skipped, whatever broke
-            failed.append((index, _why(e)))
+            failed.append((index, why_unusable(e)))
     pixels = np.stack(rows) if rows else np.zeros((0, channels, height, width), np.uint8)
     flat = pixels.reshape(len(rows), channels, -1)
     wide = flat.astype(np.uint32)  # 255**2 fits; the sums are exact in 64 bits
