@@ -122,6 +122,11 @@ def average_floating_state(modules, d: Dist) -> None:
     _flat_all_reduce_mean(tensors, d.world)
 
 
+def shard(batches, d: Dist):
+    """This rank's share of an epoch's batches (all of them in a single process)."""
+    return Shard(batches, d) if d.active else batches
+
+
 class Shard(Sequence):
     """Rank r's batches of an epoch: r, r+N, r+2N, ...; every rank gets as many."""
 

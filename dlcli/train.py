@@ -63,6 +63,11 @@ class StopRequest:
         the signal a step before another; alone, whether a signal came."""
         return distributed.any_rank(self.requested, d) if d.active else self.requested
 
+    def interrupt(self, d: Dist, checkpoint: Path | None):
+        """Stop every rank alike, once rank 0 has saved `checkpoint`."""
+        distributed.barrier(d)
+        raise Interrupted(checkpoint, self.signum)
+
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self.previous = {s: signal.signal(s, self._handle) for s in self.signals}
@@ -93,9 +98,7 @@ def fit(task, run_dir: Path | None, resume=None, d: Dist = Dist(), precision: st
         with StopRequest() as stop:
             for epoch in range(start_epoch, epochs):
                 task.train_mode(True)
-                batches = task.train_batches(epoch)
-                if d.active:
-                    batches = distributed.Shard(batches, d)
+                batches = distributed.shard(task.train_batches(epoch), d)
                 report.epoch_start(epoch + 1, len(batches), skip)
                 meter = Meter()
                 for i in range(skip, len(batches)):
@@ -108,13 +111,12 @@ def fit(task, run_dir: Path | None, resume=None, d: Dist = Dist(), precision: st
                     report.step(i + 1, logs, meter)
                     if step % LOG_EVERY == 0:
                         report.record({"kind": "step", "epoch": epoch + 1, "step": step, **logs})
-                    if i + 1 < len(batches) and stop.agreed(d):
-                        # mid-epoch: a resume skips the batches seen
-                        saver.save(epoch, i + 1, step, must=True)
-                        distributed.barrier(d)
-                        raise Interrupted(saver.last, stop.signum)
-                    if i + 1 < len(batches) and saver.due(step):  # checkpoint_every (rank 0)
-                        saver.save(epoch, i + 1, step)
+                    if i + 1 < len(batches):  # mid-epoch: a resume skips the batches seen
+                        if stop.agreed(d):
+                            saver.save(epoch, i + 1, step, must=True)
+                            stop.interrupt(d, saver.last)
+                        if saver.due(step):  # checkpoint_every (rank 0)
+                            saver.save(epoch, i + 1, step)
                 skip = 0
                 task.train_mode(False)
                 if d.active:
@@ -124,8 +126,7 @@ def fit(task, run_dir: Path | None, resume=None, d: Dist = Dist(), precision: st
                                  final=epoch + 1 == epochs)
                 done = epoch + 1
                 if epoch + 1 < epochs and stop.agreed(d):
-                    distributed.barrier(d)
-                    raise Interrupted(saver.last, stop.signum)
+                    stop.interrupt(d, saver.last)
                 if task.done and not d.active:
                     break
         saver.finish()
