@@ -123,8 +123,6 @@ class Checkpointer:
 
     def snapshot(self, epoch: int) -> None:
         """epoch-NNN.safetensors (weights only), keeping the newest `keep_epochs`."""
-        if self.dir is None:
-            return
         task = self.task
         path = self.dir / f"epoch-{epoch:03d}.safetensors"
         save_checkpoint(path, model=task.spec.name, config=task.config, modules=task.modules,
@@ -139,11 +137,11 @@ class Checkpointer:
     def finish(self) -> None:
         """Training ran its course: average the kept epochs into averaged.safetensors (the
         mean of the last few epochs' weights often scores better than any one of them)."""
-        if self.dir is None or self.keep < 1 or len(self.kept()) < 2:
+        kept = self.kept() if self.dir is not None and self.keep >= 1 else []
+        if len(kept) < 2:
             return
         from dlcli.console import notice
 
-        kept = self.kept()
         target = self.dir / "averaged.safetensors"
         average_checkpoints(kept, target)
         notice(f"averaged the last {len(kept)} epochs into {target}")
@@ -151,9 +149,9 @@ class Checkpointer:
 
     def checkpoint(self) -> Path | None:
         """What the run hands on: best.safetensors, else last.safetensors (None: neither)."""
-        if self.dir is None:
-            return None
-        return next((p for p in (self.best_path, self.last) if p.is_file()), None)
+        from dlcli.runs import run_checkpoint
+
+        return None if self.dir is None else run_checkpoint(self.dir)
 
     def _wrote(self, path: Path, role: str) -> None:
         if self.reporter is not None:

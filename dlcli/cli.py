@@ -268,7 +268,7 @@ def train(
     from dlcli.checkpoint import checked_config, load_checkpoint
     from dlcli.console import notice
     from dlcli.reporters import check_loggers
-    from dlcli.runs import resume_point
+    from dlcli.runs import resume_point, run_checkpoint
 
     resume, run_dir, auto = resume_point(model, resume, run_dir)
     if resume is not None:
@@ -280,7 +280,7 @@ def train(
         if auto and checkpoint.epoch >= config["epochs"]:  # a requeued job that had finished
             notice(f"--resume auto: {run_dir} has trained its {checkpoint.epoch} epochs already")
             if os.environ.get("RANK", "0") == "0":
-                out(str(next(p for p in (run_dir / "best.safetensors", resume) if p.is_file())))
+                out(str(run_checkpoint(run_dir)))
             return
         training.check_resumable(checkpoint, config["epochs"])
     check_loggers(config.get("logger", []))  # a missing extra is said before anything starts

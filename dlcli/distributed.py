@@ -33,6 +33,11 @@ class Dist:
         return self.world > 1
 
 
+def restart_count() -> int:
+    """How many times torchrun has restarted this worker after a failure (--max-restarts)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
 def init_from_env(device: torch.device) -> Dist:
     """Join the process group torchrun describes in the environment (no-op when alone)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -43,9 +48,9 @@ def init_from_env(device: torch.device) -> Dist:
         # torchrun keeps its key-value store when it restarts the workers (--max-restarts):
         # under the same keys, the new workers would read the dead ones' addresses and hang
         # connecting to them. Each attempt gets keys of its own.
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        prefix = f"attempt-{restart_count()}/"
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank,
-                                world_size=world, store=dist.PrefixStore(f"attempt-{attempt}/", store))
+                                world_size=world, store=dist.PrefixStore(prefix, store))
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

@@ -136,9 +136,9 @@ def _resized(x: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def load_classifier(checkpoint, device: str = "auto"):
     from dlcli.checkpoint import load_checkpoint
-    from dlcli.data.catalog import names_of_kinds
     from dlcli.registry import get_spec, list_models
     from dlcli.runtime import pick_device
+    from dlcli.tasks.classify import is_toy
 
     ckpt = load_checkpoint(checkpoint)
     spec = get_spec(ckpt.model)
@@ -146,7 +146,7 @@ def load_classifier(checkpoint, device: str = "auto"):
         names = ", ".join(s.name for s in list_models() if s.family == "classifier")
         raise DlcliError(f"{checkpoint} is a {ckpt.model} checkpoint; predict needs a "
                          f"classifier ({names}) trained on images")
-    if ckpt.config["dataset"] in names_of_kinds(("toy",)):
+    if is_toy(ckpt.config):
         raise DlcliError(f"{checkpoint} was trained on the {ckpt.config['dataset']} truth table, "
                          "not on images; predict needs a classifier trained on images")
     return spec.load_task().from_checkpoint(spec, ckpt, pick_device(device))

@@ -269,7 +269,7 @@ class Run:
         written = [self.path / n for n in ("metrics.jsonl", *CHECKPOINTS) if (self.path / n).is_file()]
         return max(max((f.stat().st_mtime for f in written), default=started) - started, 0.0)
 
-    @property
+    @functools.cached_property
     def monitor(self) -> str | None:
         starts = [r for r in self.records if r.get("kind") == "start" and "monitor" in r]
         if starts:

@@ -43,11 +43,6 @@ def new_run_dir(model: str, run_dir=None, root: Path = RUNS_ROOT) -> Path:
     raise DlcliError(f"could not create a run folder under {base}")
 
 
-def restarted_by_torchrun() -> bool:
-    """Whether torchrun started this worker again after a failure (--max-restarts)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
-
-
 def elastic_run_dir(model: str, root: Path = RUNS_ROOT) -> Path | None:
     """Under torchrun with restarts allowed, the run folder every restart finds again:
     runs/<model>/<rendezvous id> (torchrun's --rdzv-id; --standalone makes one up per
@@ -64,8 +59,9 @@ def resume_point(model: str, resume: str | None, run_dir: Path | None
     `--resume auto`, or any restart by torchrun, takes the run folder's newest complete
     checkpoint, or starts there afresh; under torchrun the folder is one every restart finds."""
     from dlcli.console import notice
+    from dlcli.distributed import restart_count
 
-    auto = resume == "auto" or (resume is None and restarted_by_torchrun())
+    auto = resume == "auto" or (resume is None and restart_count() > 0)
     run_dir = run_dir or elastic_run_dir(model)
     if not auto:
         return (Path(resume) if resume is not None else None), run_dir, False
@@ -112,7 +108,8 @@ def adopt_run_dir(model: str, run_dir: Path) -> Path:
 SHORT_RUN_STEPS = 100  # a run with fewer optimizer steps has hardly learned anything
 
 
-def _run_checkpoint(run: Path) -> Path | None:
+def run_checkpoint(run: Path) -> Path | None:
+    """What a run hands on: best.safetensors, else last.safetensors (None: neither)."""
     return next((run / name for name in ("best.safetensors", "last.safetensors")
                  if (run / name).is_file()), None)
 
@@ -142,7 +139,7 @@ def newest_checkpoint(model: str, root: Path = RUNS_ROOT) -> Path | None:
     of the most recent run when none finished (interrupted, or still training)."""
     found = []
     for run in (root / model).glob("*/"):
-        ckpt = _run_checkpoint(run)
+        ckpt = run_checkpoint(run)
         if ckpt is not None:
             found.append((_finished(run), ckpt.stat().st_mtime, ckpt))
     return max(found)[2] if found else None
@@ -173,7 +170,7 @@ def checkpoint_file(path) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    found = _run_checkpoint(path)
+    found = run_checkpoint(path)
     if found is None:
         raise DlcliError(f"{path} is a folder without best.safetensors or last.safetensors; "
                          "pass a run folder or a checkpoint file")

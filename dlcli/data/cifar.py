@@ -15,17 +15,21 @@ Finding the files is torch-free (`dlcli datasets` asks where they are); reading 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import tarfile
-import time
 import urllib.request
 from pathlib import Path
 
 from dlcli.console import console, notice
 from dlcli.data.catalog import get_dataset
-from dlcli.data.files import cache_dir, candidate_dirs
+from dlcli.data.files import (
+    cache_dir,
+    candidate_dirs,
+    downloads_allowed,
+    recently_failed,
+    remember_failure,
+)
 from dlcli.errors import DlcliError
 
 ARCHIVE = "cifar-10-binary.tar.gz"
@@ -41,7 +45,6 @@ META = "batches.meta.txt"
 RECORD = 1 + 3 * 32 * 32
 MAX_BATCH_BYTES = 10_000 * RECORD  # a real batch's size: a bigger member is not CIFAR-10
 PICKLED = ("cifar-10-python.tar.gz", "cifar-10-batches-py", "data_batch_1")
-OFFLINE_TTL = 3600
 
 
 def locate(folder: Path) -> tuple[str, Path] | None:
@@ -163,14 +166,9 @@ def _find_or_fetch(data_dir) -> tuple[dict[str, bytes], str]:
         return blobs, f"{path} ({label})"
     target = cache_dir() / "cifar10"
     marker = cache_dir() / ".cifar10-download-failed"
-    online = os.environ.get("DLCLI_OFFLINE", "") in ("", "0")
     why = "no download (offline)"
-    if online:
-        try:
-            recent = time.time() - marker.stat().st_mtime < OFFLINE_TTL
-        except OSError:
-            recent = False
-        if recent:
+    if downloads_allowed():
+        if recently_failed(marker):
             why = f"a download failed less than an hour ago (delete {marker} to retry now)"
         else:
             try:
@@ -179,9 +177,7 @@ def _find_or_fetch(data_dir) -> tuple[dict[str, bytes], str]:
                 return read_archive(path), f"{path} (downloaded)"
             except (OSError, DlcliError) as e:
                 why = f"download failed ({getattr(e, 'reason', e)})"
-                with contextlib.suppress(OSError):
-                    marker.parent.mkdir(parents=True, exist_ok=True)
-                    marker.write_text(why, encoding="utf-8")
+                remember_failure(marker, why)
     raise DlcliError(f"CIFAR-10 not found; {why}: put {ARCHIVE} (or its unpacked {UNPACKED}/) "
                      f"in {target} or pass --data-dir DIR (a folder with cifar10/ inside)")
 
@@ -191,7 +187,6 @@ def load_cifar10(data_dir=None):
     import torch
 
     from dlcli.data.images import ImageData
-    from dlcli.tasks.base import sha256_of
 
     blobs, source = _find_or_fetch(data_dir)
     meta = blobs.pop(META, None)
@@ -207,4 +202,4 @@ def load_cifar10(data_dir=None):
                "(the full set has 50,000 and 10,000)")
     return ImageData("cifar10", info.shape, _class_names(meta), images, labels,
                      torch.arange(n), torch.arange(n, len(images)), source, info.mean, info.std,
-                     sha256_of(images, labels))
+                     None)

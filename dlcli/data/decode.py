@@ -17,8 +17,6 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dlcli.data.catalog import RESIZE_MODES  # noqa: F401 -- re-exported: the choices _fit takes
-
 MAX_PIXELS = 64 * 2**20  # 67 megapixels (8192 x 8192): larger than any camera photo
 MIN_SIDE = 8  # smaller images (icons, 1x1 tracking pixels) hold nothing a model can learn
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}

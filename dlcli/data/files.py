@@ -7,9 +7,11 @@ verified download is kept.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
+import time
 import urllib.request
 from pathlib import Path
 
@@ -77,3 +79,25 @@ def read_maybe_gzip(path: Path) -> bytes:
         except (OSError, EOFError) as e:
             raise DlcliError(f"{path} is a broken gzip file ({e})") from None
     return raw
+
+
+OFFLINE_TTL = 3600  # seconds a failed download is remembered (a marker in the cache)
+
+
+def downloads_allowed() -> bool:
+    return os.environ.get("DLCLI_OFFLINE", "") in ("", "0")
+
+
+def recently_failed(marker: Path) -> bool:
+    """Did a download fail less than OFFLINE_TTL seconds ago? Offline, every command
+    would otherwise wait for the same failure."""
+    try:
+        return time.time() - marker.stat().st_mtime < OFFLINE_TTL
+    except OSError:
+        return False
+
+
+def remember_failure(marker: Path, why: str) -> None:
+    with contextlib.suppress(OSError):  # a read-only cache: just try again next time
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(why, encoding="utf-8")

@@ -29,8 +29,18 @@ class ImageData:
     source: str  # where the files were found, for people
     mean: tuple[float, ...]  # per-channel mean of the training pixels, scaled to [0, 1]
     std: tuple[float, ...]
-    sha256: str  # of the data as loaded (provenance)
+    digest: str | None  # the source's own fingerprint (a folder's cache key), or None
     val: torch.Tensor | None = None  # the source's own validation rows; None: the task holds some out
+
+    @property
+    def sha256(self) -> str:
+        """Of the data as loaded (provenance): the source's fingerprint, else the pixels and
+        labels hashed, once and only when asked (a training run's provenance asks)."""
+        if self.digest is None:
+            from dlcli.tasks.base import sha256_of
+
+            self.digest = sha256_of(self.images, self.labels)
+        return self.digest
 
     @property
     def labeled(self) -> bool:
@@ -63,7 +73,6 @@ def load_image_data(config: dict, data_dir=None) -> ImageData:
 
         return load_cifar10(data_dir)
     from dlcli.data.mnist import load_images
-    from dlcli.tasks.base import sha256_of
 
     found = load_images(name, data_dir)
     images = torch.cat([found.train_x, found.test_x])
@@ -71,4 +80,4 @@ def load_image_data(config: dict, data_dir=None) -> ImageData:
     n = len(found.train_x)
     return ImageData(name, tuple(images.shape[1:]), found.classes, images, labels,
                      torch.arange(n), torch.arange(n, len(images)), found.source, info.mean,
-                     info.std, sha256_of(images, labels))
+                     info.std, None)

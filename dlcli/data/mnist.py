@@ -8,22 +8,29 @@ Everything is returned as uint8 tensors held in memory.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
-import os
 import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dlcli.console import notice
-from dlcli.data.files import IDX_FILES, cache_dir, candidate_dirs, fetch, keep_verified, read_maybe_gzip
+from dlcli.data.files import (
+    IDX_FILES,
+    OFFLINE_TTL,
+    cache_dir,
+    candidate_dirs,
+    downloads_allowed,
+    fetch,
+    keep_verified,
+    read_maybe_gzip,
+    recently_failed,
+    remember_failure,
+)
 from dlcli.errors import DlcliError
 
-FILES = IDX_FILES
 # SHA-256 of the decompressed files. Fashion-MNIST publishes only gzip MD5s, so its
 # files are checked by their IDX headers and sizes instead (None below).
 SHA256 = {
@@ -41,7 +48,6 @@ MIRRORS = {
     "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
 }
 SIZES = {"train": 60000, "t10k": 10000}
-OFFLINE_TTL = 3600  # seconds a failed download is remembered (a marker in the cache)
 BUNDLED = Path(__file__).parent / "bundled"
 CLASSES = {
     "mnist": [str(i) for i in range(10)],
@@ -88,13 +94,13 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 def _load_folder(dataset: str, folder: Path, verify: bool = True) -> dict | None:
     """The four tensors from `folder`, or None when a file is missing there."""
-    paths = {key: _find(folder, stem) for key, stem in FILES.items()}
+    paths = {key: _find(folder, stem) for key, stem in IDX_FILES.items()}
     if any(p is None for p in paths.values()):
         return None
     out = {}
     for key, path in paths.items():
         data = read_maybe_gzip(path)
-        expected = (SHA256.get(dataset) or {}).get(FILES[key])
+        expected = (SHA256.get(dataset) or {}).get(IDX_FILES[key])
         if verify and expected and hashlib.sha256(data).hexdigest() != expected:
             raise DlcliError(
                 f"{path} fails its SHA-256 check (corrupt or not {dataset}); delete it or "
@@ -113,7 +119,7 @@ def download(dataset: str, target: Path) -> str | None:
     failures = []
     for mirror in MIRRORS[dataset]:
         try:
-            fetched = {stem: fetch(mirror + stem + ".gz", stem) for stem in FILES.values()}
+            fetched = {stem: fetch(mirror + stem + ".gz", stem) for stem in IDX_FILES.values()}
             for stem, blob in fetched.items():
                 parse_idx(gzip.decompress(blob), stem)  # a well-formed IDX file, before keeping any
             for stem, blob in fetched.items():
@@ -124,23 +130,9 @@ def download(dataset: str, target: Path) -> str | None:
     return "; ".join(failures)
 
 
-def _recently_failed(marker: Path) -> bool:
-    """Did a download fail less than OFFLINE_TTL seconds ago?"""
-    try:
-        return time.time() - marker.stat().st_mtime < OFFLINE_TTL
-    except OSError:
-        return False
-
-
-def _remember_failure(marker: Path, why: str) -> None:
-    with contextlib.suppress(OSError):  # a read-only cache: just try again next time
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(why, encoding="utf-8")
-
-
 def _bundled() -> dict:
     out = {}
-    for key, stem in FILES.items():
+    for key, stem in IDX_FILES.items():
         out[key] = parse_idx(read_maybe_gzip(BUNDLED / f"mnist-subset-{stem}.gz"), stem)
     return out
 
@@ -156,16 +148,16 @@ def load_images(dataset: str, data_dir=None, allow_download: bool | None = None)
             return ImageSet(dataset, **_shaped(tensors), source=f"{folder} ({label})")
         if label == "--data-dir" and folder == Path(data_dir):  # its last place: say why
             named = folder / dataset if (folder / dataset).is_dir() else folder
-            missing = [stem for stem in FILES.values() if _find(named, stem) is None]
+            missing = [stem for stem in IDX_FILES.values() if _find(named, stem) is None]
             notice(f"--data-dir {data_dir}: no complete {dataset} in {named} (missing "
                    f"{', '.join(missing)}); looking elsewhere")
     if allow_download is None:
-        allow_download = os.environ.get("DLCLI_OFFLINE", "") in ("", "0")
+        allow_download = downloads_allowed()
     target = cache_dir() / dataset
     marker = cache_dir() / f".{dataset}-download-failed"
     why = ""
     if allow_download:
-        if _recently_failed(marker):  # offline: every command would wait for the same failure
+        if recently_failed(marker):  # offline: every command would wait for the same failure
             why = (f"; no download tried (one failed less than {OFFLINE_TTL // 60} minutes ago; "
                    f"delete {marker} to retry now)")
         else:
@@ -174,7 +166,7 @@ def load_images(dataset: str, data_dir=None, allow_download: bool | None = None)
                 marker.unlink(missing_ok=True)
                 tensors = _load_folder(dataset, target)
                 return ImageSet(dataset, **_shaped(tensors), source=f"{target} (downloaded)")
-            _remember_failure(marker, failed)
+            remember_failure(marker, failed)
             why = f"; download failed ({failed})"
     if dataset == "mnist":
         tensors = _bundled()

@@ -9,7 +9,6 @@ decoding gives back the exact spacing: no "@@", no stray space before punctuatio
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +119,7 @@ def _download_multi30k(target: Path, langs) -> bool:
 
 
 def multi30k_corpus(src: str, tgt: str, data_dir=None) -> Corpus:
-    from dlcli.data.files import cache_dir, candidate_dirs
+    from dlcli.data.files import cache_dir, candidate_dirs, downloads_allowed
 
     for lang in (src, tgt):
         if lang not in MULTI30K_LANGS:
@@ -136,8 +135,7 @@ def multi30k_corpus(src: str, tgt: str, data_dir=None) -> Corpus:
             break
     if files is None:
         target = cache_dir() / "multi30k"
-        online = os.environ.get("DLCLI_OFFLINE", "") in ("", "0")
-        if not (online and _download_multi30k(target, (src, tgt))):
+        if not (downloads_allowed() and _download_multi30k(target, (src, tgt))):
             searched = f"not in --data-dir {data_dir}/multi30k, " if data_dir else ""
             raise DlcliError(f"Multi30k not found ({searched}not in the cache, no download): "
                              f"put its files (train.{src}.gz, ...) in {target} or pass "

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from dlcli.data.toy import LINEARLY_SEPARABLE
 from dlcli.errors import DlcliError
 from dlcli.optim import Schedule, make_optimizer
-from dlcli.tasks.base import sha256_of
 from dlcli.tasks.image import ImageTask, Split, shape_text
 
 TOY_REPEATS = 500  # an epoch of a truth table: its 4 rows, 500 times over
@@ -57,7 +56,7 @@ class ClassifierTask(ImageTask):
             self.train_data = Split(x, y, rows.repeat(TOY_REPEATS))
             self.val_data = self.test_data = Split(x, y, rows)
             self.data_source = f"truth table of {name}"
-            self.data_hash = sha256_of(x, y)
+            self.data_digest = None  # hashed from the table when asked
         else:
             super().setup_data()
         if self.schedule is not None:
@@ -123,7 +122,6 @@ class PerceptronTask(ClassifierTask):
     def build_networks(self) -> None:
         super().build_networks()
         self.epoch_mistakes = 0
-        self.done = False
 
     def build_optimizers(self) -> None:
         """The rule needs none."""

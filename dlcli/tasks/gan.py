@@ -230,7 +230,7 @@ class GANTask(ImageTask):
         if not hasattr(self, "_judge"):
             from dlcli.checkpoint import read_metadata
             from dlcli.runs import newest_checkpoint, run_progress
-            from dlcli.tasks.classify import judges, load_judge
+            from dlcli.tasks.classify import load_judge
 
             self._judge = None
             path = newest_checkpoint("cnn")
@@ -240,8 +240,7 @@ class GANTask(ImageTask):
                     meta = read_metadata(path)
                     accuracy = json.loads(meta["metrics"]).get("val_accuracy", 0.0)
                     if accuracy >= JUDGE_ACCURACY and self.classes:
-                        judge = load_judge(path, self.device)
-                        self._judge = judge if judges(judge.data_spec, self.data_spec) else None
+                        self._judge = load_judge(path, self.device, data=self.data_spec)
                 except (DlcliError, KeyError, ValueError):
                     pass
         return self._judge

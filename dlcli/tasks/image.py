@@ -48,12 +48,6 @@ class Split:
         return self.images[picked], self.labels[picked]
 
 
-def in_order(split: Split, batch_size: int = 1000, device=None) -> IndexBatches:
-    """Evaluation batches of (images in [0, 1], labels): every row once, in order."""
-    return IndexBatches((split.images, split.labels), batch_size, split.rows,
-                        prepare=on_device(device))
-
-
 def on_device(device):
     """A batch's `prepare`: to the device (when the data stays elsewhere), pixels to floats."""
     if device is None:
@@ -171,11 +165,13 @@ class ImageTask(Task):
         self.val_data = Split(images, labels, val) if len(val) else None
         self.test_data = Split(images, labels, test)
         self.data_source = data.source
-        self.data_hash = data.sha256
+        self.data_digest = data.digest  # a folder's; the pixels are hashed only when asked
         self.data = None  # the splits hold what is needed
 
     def data_sha256(self) -> str:
-        return sha256_of(self.data_hash, self.train_data.rows, self.test_data.rows,
+        data = self.train_data  # every split indexes the same pixels
+        digest = self.data_digest or sha256_of(data.images, data.labels)
+        return sha256_of(digest, self.train_data.rows, self.test_data.rows,
                          self.val_data.rows if self.val_data is not None else "")
 
     def train_batches(self, epoch: int):
@@ -185,9 +181,8 @@ class ImageTask(Task):
         # BatchNorm cannot normalise a batch of one image (one value per feature): such a
         # last batch is left out; the next epoch's shuffle puts that image elsewhere
         drop_last = self.drop_last or (n % size == 1 and size > 1)
-        device = self.device if split.images.device != self.device else None
         return IndexBatches((split.images, split.labels), size, order,
-                            prepare=on_device(device), drop_last=drop_last)
+                            prepare=self.to_device(split), drop_last=drop_last)
 
     def test_items(self) -> int:
         return len(self.test_data)
@@ -198,12 +193,13 @@ class ImageTask(Task):
 
     def batches_of(self, split: Split, batch_size: int = 1000) -> IndexBatches:
         """Every row of a split once, in order, as (images in [0, 1], labels) on the device."""
-        return in_order(split, batch_size, self.device if split.images.device != self.device
-                        else None)
+        return IndexBatches((split.images, split.labels), batch_size, split.rows,
+                            prepare=self.to_device(split))
 
-    def class_list(self) -> list[str]:
-        """The class names, index = label."""
-        return self.class_names
+    def to_device(self, split: Split):
+        """A batch's `prepare` for rows of `split`: to the device where the split stays
+        elsewhere (a memory-mapped folder), and pixels to floats."""
+        return on_device(self.device if split.images.device != self.device else None)
 
     def parse_label(self, label: str | None):
         """--label as sample() takes it: None, 'all', or a class index. A class name or an
@@ -236,7 +232,7 @@ class ImageTask(Task):
         words = Captions(below="each row: one path through the latent space, left to right"
                          if interpolate else "")
         if label == "all" and self.spec.conditional:
-            words.rows = self.class_list()
+            words.rows = self.class_names
         return words if words.rows or words.below else None
 
 
