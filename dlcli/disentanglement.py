@@ -50,6 +50,7 @@ class FactorData:
     factors: torch.Tensor  # (N, K) int64: each row's factor indices
     names: list[str]
     sizes: list[int]
+    labels: torch.Tensor | None = None  # (N,) class labels, for encoders that take them
 
     def __post_init__(self):
         # the row of each combination of factor values, by the combination's mixed-radix index
@@ -62,13 +63,18 @@ class FactorData:
     def sample_factors(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.stack([torch.randint(size, (n,), generator=generator) for size in self.sizes], 1)
 
-    def observations(self, factors: torch.Tensor) -> torch.Tensor:
-        return self.images[self.row_of[factors @ self.strides]]
+    def observations(self, factors: torch.Tensor):
+        """(images, labels) of these factor values; labels None when the data has none."""
+        rows = self.row_of[factors @ self.strides]
+        images = self.images[rows.to(self.images.device)]
+        return images, (self.labels[rows.to(self.labels.device)]
+                        if self.labels is not None else None)
 
 
 def codes_of(encode, data: FactorData, factors: torch.Tensor) -> torch.Tensor:
-    """The mean codes (n, units) of the images of `factors`, a chunk at a time."""
-    return torch.cat([encode(data.observations(factors[i:i + ENCODE_CHUNK])).double().cpu()
+    """The mean codes (n, units) of the images of `factors`, a chunk at a time;
+    encode(images, labels) -> codes."""
+    return torch.cat([encode(*data.observations(factors[i:i + ENCODE_CHUNK])).double().cpu()
                       for i in range(0, len(factors), ENCODE_CHUNK)])
 
 

@@ -4,6 +4,7 @@ code scores 0, and the MIG does not depend on the order of the points."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -128,34 +129,34 @@ def test_the_mig_does_not_depend_on_the_order_of_the_points():
 
 def test_mig_samples_the_factor_grid():
     data = factor_data()
-    perfect, _ = mig(lambda x: x, data)
-    entangled, _ = mig(lambda x: standardised(x) @ rotation(5), data)
+    perfect, _ = mig(lambda x, _: x, data)
+    entangled, _ = mig(lambda x, _: standardised(x) @ rotation(5), data)
     assert perfect > 0.98 and entangled < 0.2
-    assert mig(lambda x: x, data)[0] == perfect  # seeded: the same points every time
+    assert mig(lambda x, _: x, data)[0] == perfect  # seeded: the same points every time
 
 
 def test_factor_vae_score_of_known_codes():
     data = factor_data()
     quick = dict(train_votes=500, eval_votes=300, variance_points=2000)
-    perfect = factor_vae_score(lambda x: x, data, **quick)
+    perfect = factor_vae_score(lambda x, _: x, data, **quick)
     assert perfect == {"eval_accuracy": 1.0, "train_accuracy": 1.0, "num_active_dims": 5}
     # a rotation keeps some unit closest to each factor: the metric is lenient with it
-    rotated = factor_vae_score(lambda x: standardised(x) @ rotation(5), data, **quick)
+    rotated = factor_vae_score(lambda x, _: standardised(x) @ rotation(5), data, **quick)
     assert 0.5 < rotated["eval_accuracy"] < 0.95
     # every unit an equal mix: holding any factor fixed quiets every unit alike (chance: 1/5)
-    mixed = factor_vae_score(lambda x: standardised(x) @ MIXED.T, data, **quick)
+    mixed = factor_vae_score(lambda x, _: standardised(x) @ MIXED.T, data, **quick)
     assert mixed["eval_accuracy"] < 0.4
     # a collapsed unit (std < 0.05) is pruned: it would win every vote with variance 0
-    collapsed = factor_vae_score(lambda x: torch.cat([x, 0.01 * x[:, :1]], 1), data, **quick)
+    collapsed = factor_vae_score(lambda x, _: torch.cat([x, 0.01 * x[:, :1]], 1), data, **quick)
     assert collapsed["num_active_dims"] == 5 and collapsed["eval_accuracy"] == 1.0
-    constant = factor_vae_score(lambda x: torch.zeros(len(x), 4), data, **quick)
+    constant = factor_vae_score(lambda x, _: torch.zeros(len(x), 4), data, **quick)
     assert constant == {"eval_accuracy": 0.0, "train_accuracy": 0.0, "num_active_dims": 0}
 
 
 def test_factor_data_finds_each_combination():
     data = factor_data([2, 3, 4])
     factors = torch.tensor([[1, 2, 3], [0, 0, 0], [1, 0, 2]])
-    assert torch.equal(data.observations(factors), factors.double())
+    assert torch.equal(data.observations(factors)[0], factors.double())
     with pytest.raises(ValueError, match="every combination"):
         FactorData(torch.zeros(5), grid([2, 3])[:5], ["a", "b"], [2, 3])
 
@@ -169,3 +170,83 @@ def test_latent_factors_name_what_each_active_unit_carries(tmp_path):
     plot_mutual_information(normalised, NAMES, tmp_path / "mi.png")
     assert (tmp_path / "mi.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp"))  # written atomically: no temporary left
+
+
+# ---- in training, evaluate and the traversal ---------------------------------------------
+
+@pytest.fixture
+def shapes_vae(monkeypatch):
+    """A tiny beta-vae set up on the small shapes grid at 32 px, trained one step."""
+    from dlcli.config import resolve_config
+    from dlcli.registry import get_spec
+
+    config = resolve_config("beta-vae", None, ["dataset=shapes", "shapes_grid=small",
+                                               "image_size=32", "hidden=[16]", "latent=3",
+                                               "val_size=500"], epochs=1, batch_size=64)
+    spec = get_spec("beta-vae")
+    torch.manual_seed(0)
+    task = spec.load_task()(spec, config, torch.device("cpu"))
+    task.setup_data()
+    task.train_step(task.train_batches(0)[0])
+    task.train_mode(False)
+    return task
+
+
+def test_validation_measures_the_mig_and_the_checkpoint_keeps_each_units_factor(shapes_vae, tmp_path):
+    from dlcli.checkpoint import load_checkpoint, save_checkpoint
+
+    task = shapes_vae
+    logs = task.validate()
+    assert 0 <= logs["val_mig"] <= 1
+    assert len(task.unit_factors) == 3 and all(f in NAMES for f, _ in task.unit_factors)
+    path = save_checkpoint(tmp_path / "m.safetensors", model="beta-vae", config=task.config,
+                           modules=task.modules, extra=task.checkpoint_extra())
+    ckpt = load_checkpoint(path)
+    loaded = task.spec.load_task().from_checkpoint(task.spec, ckpt, torch.device("cpu"))
+    assert loaded.unit_factors == task.unit_factors  # sampling needs no data
+    rows = loaded.captions(27, grid="traverse").rows
+    factor, mi = task.unit_factors[loaded.traversed_units(27)[0]]
+    assert rows[0].endswith(f": {factor} (MI {mi:.2f})") and rows[0].startswith("z")
+
+
+def test_a_damaged_unit_factor_table_is_refused(shapes_vae):
+    from dlcli.errors import DlcliError
+    from dlcli.tasks.vae import read_unit_factors
+
+    assert read_unit_factors({}, 3) is None
+    for bad in ('[["x", 0.5]]', '{"a": 1}', "[[1, 2], [3, 4], [5, 6]]", "not json",
+                '[["x", NaN], ["y", 0.1], ["x", 0.2]]'):
+        with pytest.raises(DlcliError, match="latent_factors metadata is not what dlcli writes"):
+            read_unit_factors({"latent_factors": bad}, 3)
+
+
+def test_evaluate_adds_the_disentanglement_metrics(shapes_vae, monkeypatch):
+    import functools
+
+    import dlcli.disentanglement as dis
+
+    quick = functools.partial(dis.factor_vae_score, train_votes=200, eval_votes=100,
+                              variance_points=1000)
+    monkeypatch.setattr(dis, "factor_vae_score", quick)
+    m = shapes_vae.evaluate(iwae_k=2)
+    assert 0 <= m["mig"] <= 1 and 0 <= m["factor_vae_score"] <= 1
+    assert m["mutual_information"]["factors"] == NAMES
+    assert len(m["mutual_information"]["units"]) == 3
+    active = [j for j, kl in enumerate(m["kl_per_unit"]) if kl > 0.01]
+    assert [row["unit"] for row in m["latent_factors"]] == active
+    for row in m["latent_factors"]:
+        assert row["mi"] == max(m["mutual_information"]["units"][row["unit"]])
+
+
+@pytest.mark.slow
+def test_train_evaluate_plot_and_traverse_end_to_end(cli, isolated):
+    proc = cli("train", "beta-vae", "--dataset", "shapes", "--set", "shapes_grid=small",
+               "--set", "image_size=32", "--set", "hidden=[64]", "--set", "latent=4",
+               "--epochs", "1", "--threads", "1", "--run-dir", "run", check=0)
+    ckpt = proc.stdout.strip().splitlines()[-1]
+    proc = cli("evaluate", ckpt, "--json", "--iwae-k", "2", "--plot", "mi.png", check=0)
+    m = json.loads(proc.stdout)
+    assert {"mig", "factor_vae_score", "latent_factors"} <= m.keys()
+    assert (isolated / "mi.png").read_bytes()[:4] == b"\x89PNG"
+    cli("sample", "beta-vae", "--checkpoint", ckpt, "--grid", "traverse", "-o", "t.png", check=0)
+    assert (isolated / "t.png").is_file()

@@ -27,6 +27,7 @@ class DatasetInfo:
     mean: tuple[float, ...] = ()  # per-channel mean and std of the training pixels in [0, 1]
     std: tuple[float, ...] = ()
     by_name: bool = True  # chosen with --dataset NAME; a folder is chosen with --data DIR
+    factors: tuple[str, ...] = ()  # its known factors of variation, where it has them
 
 
 _DATASETS: dict[str, DatasetInfo] = {}
@@ -93,7 +94,8 @@ register_dataset(DatasetInfo(
 register_dataset(DatasetInfo(
     "shapes", "image", "sprites over 5 known factors, on the dSprites grid (Matthey et al., 2017)",
     (1, 64, 64), ("square", "ellipse", "heart"),
-    "generated (shapes_grid: full | small; image_size: 64 | 32)", MEAN_SHAPES, STD_SHAPES))
+    "generated (shapes_grid: full | small; image_size: 64 | 32)", MEAN_SHAPES, STD_SHAPES,
+    factors=("shape", "scale", "orientation", "x", "y")))
 # Your own images: shape and classes are found in the folder (and kept in the checkpoint).
 register_dataset(DatasetInfo(
     "folder", "image", "your own images: --data DIR (class subfolders give the labels)",

@@ -41,7 +41,7 @@ import math
 
 import torch
 
-from dlcli.data.catalog import SHAPES_GRIDS, SHAPES_IMAGE_SIZES, check_shapes_keys
+from dlcli.data.catalog import SHAPES_GRIDS, SHAPES_IMAGE_SIZES, check_shapes_keys, get_dataset
 
 SHAPES = ("square", "ellipse", "heart")
 FACTOR_NAMES = ("shape", "scale", "orientation", "x", "y")
@@ -49,6 +49,7 @@ FULL_SIZES = (3, 6, 40, 32, 32)
 # Which values of each factor a grid keeps: every `stride`-th value of the full grid.
 GRIDS = {"full": (1, 1, 1, 1, 1), "small": (1, 2, 4, 2, 2)}
 assert tuple(GRIDS) == SHAPES_GRIDS and SHAPES_IMAGE_SIZES == (64, 32)
+assert get_dataset("shapes").factors == FACTOR_NAMES
 SUPERSAMPLE = 4  # sub-pixel samples per pixel side: the anti-aliasing
 TEST_IMAGES = 10_000
 SPLIT_SEED = 13  # the test hold-out's permutation: fixed, whatever the run's seed
