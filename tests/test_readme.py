@@ -104,6 +104,15 @@ COMMANDS = [
     Command("dlcli evaluate runs/cvae/RUN/best.safetensors --json",
             run=f'dlcli evaluate "{CKPT.format(model="cvae")}" --json --samples 500 --iwae-k 5',
             out=r'"nelbo": .*"iwae_nll": .*"label_accuracy": ', slow=True),
+    # Disentanglement
+    Command("dlcli train beta-vae --dataset shapes --set shapes_grid=small --set image_size=32",
+            run="dlcli train beta-vae --dataset shapes --set shapes_grid=small --set image_size=32 "
+                "--epochs 1", out=PATH_OUT, err=r"val_mig", slow=True),
+    Command("dlcli evaluate runs/beta-vae/RUN/best.safetensors --json --plot mi.png",
+            run=f'dlcli evaluate "{CKPT.format(model="beta-vae")}" --json --iwae-k 2 --plot mi.png '
+                "&& head -c 4 mi.png | od -c",
+            out=r'(?s)"mig": .*"factor_vae_score": .*"latent_factors": .*P   N   G', slow=True),
+    Command("dlcli sample beta-vae --grid traverse", out=PNG, slow=True),
     # GANs
     Command("dlcli train gan", out=PATH_OUT, slow=True),
     Command("dlcli train dcgan", out=PATH_OUT, slow=True),
