@@ -25,8 +25,9 @@ dSprites, a square looks the same every quarter turn and an ellipse every half t
 Cheap by construction: an image is one of 720 sprites (shape x scale x orientation)
 moved to its position, so only a small bank of sprites is drawn (well under a second, a
 few MB) and any batch of images is pasted from it when indexed (ShapeImages). The 3 GB
-the whole set would take are never held. Positions step by 1.5 pixels (at 64 px), so a
-sprite is drawn at each sub-pixel phase a centre can have (two per axis).
+the whole set would take are never held. Positions step by 1.5 pixels at 64 px (0.75 at
+32), so each sprite is drawn at every sub-pixel phase a centre can have (2 per axis at
+64 px, 4 at 32).
 
 Keys for quick runs (`--set`): `shapes_grid: small` keeps every 2nd scale, every 4th
 orientation and every 2nd position (3 x 3 x 10 x 16 x 16 = 23,040 images), and
