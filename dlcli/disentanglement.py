@@ -199,6 +199,24 @@ def latent_factors(normalised: torch.Tensor, names: list[str], active) -> list[d
     return out
 
 
+def unit_factors(normalised: torch.Tensor, names: list[str]) -> list[list]:
+    """[factor, normalised MI] of every unit (what a checkpoint keeps for its pictures)."""
+    return [[names[int(row.argmax())], round(float(row.max()), 4)] for row in normalised]
+
+
+def disentanglement_metrics(encode, data: FactorData, active) -> dict:
+    """What `evaluate` reports for an encoder on data with known factors: mig,
+    factor_vae_score (and the units it kept), latent_factors of the `active` units, and
+    the (units, factors) normalised mutual information they come from."""
+    score, normalised = mig(encode, data)
+    votes = factor_vae_score(encode, data)
+    return {"mig": score, "factor_vae_score": votes["eval_accuracy"],
+            "factor_vae_units": votes["num_active_dims"],
+            "latent_factors": latent_factors(normalised, data.names, active),
+            "mutual_information": {"factors": data.names, "units": [
+                [round(v, 4) for v in row] for row in normalised.tolist()]}}
+
+
 def plot_mutual_information(normalised: torch.Tensor, names: list[str], path, title: str = "",
                             units: list[int] | None = None) -> None:
     """A unit x factor heatmap of I(z_j; v_k) / H(v_k), the value written in each cell,

@@ -116,7 +116,7 @@ class VAETask(ImageTask):
         if self.config["capacity"] > 0:
             out["capacity"] = self.capacity()
         if self.factor_data is not None:
-            out["val_mig"] = self.measure_factors()[0]
+            out["val_mig"] = self.measure_factors()
         return out
 
     def checkpoint_extra(self) -> dict[str, str]:
@@ -133,31 +133,13 @@ class VAETask(ImageTask):
         y = self.labels(labels.to(self.device)) if labels is not None else None
         return self.model.encode(x, y)[0].float()
 
-    def measure_factors(self):
-        """The MIG on the data's factors and its (units, factors) normalised mutual
-        information; each unit's factor is kept for the checkpoint (dlcli.disentanglement)."""
-        from dlcli.disentanglement import mig
+    def measure_factors(self) -> float:
+        """The MIG on the data's factors; each unit's factor is kept for the checkpoint."""
+        from dlcli.disentanglement import mig, unit_factors
 
         score, normalised = mig(self.mean_codes, self.factor_data)
-        names = self.factor_data.names
-        self.unit_factors = [[names[int(row.argmax())], round(float(row.max()), 4)]
-                             for row in normalised]
-        return score, normalised
-
-    def disentanglement(self, kl_per_unit: list[float]) -> dict:
-        """evaluate's disentanglement metrics: mig, factor_vae_score, latent_factors (the
-        active units: KL above 0.01 nats), and the table they come from."""
-        from dlcli.disentanglement import factor_vae_score, latent_factors
-
-        score, normalised = self.measure_factors()
-        votes = factor_vae_score(self.mean_codes, self.factor_data)
-        names = self.factor_data.names
-        active = torch.tensor(kl_per_unit) > ACTIVE_NATS
-        return {"mig": score, "factor_vae_score": votes["eval_accuracy"],
-                "factor_vae_units": votes["num_active_dims"],
-                "latent_factors": latent_factors(normalised, names, active),
-                "mutual_information": {"factors": names, "units": [
-                    [round(v, 4) for v in row] for row in normalised.tolist()]}}
+        self.unit_factors = unit_factors(normalised, self.factor_data.names)
+        return score
 
     def end_of_epoch(self, epoch: int) -> dict:
         """samples/epoch-NNN.png from the same noise every epoch (so the grids show the
@@ -195,7 +177,10 @@ class VAETask(ImageTask):
                "active_units": m["active_units"], "latent": self.config["latent"],
                "kl_per_unit": m["kl_per_unit"]}
         if self.factor_data is not None:  # data with known factors (shapes)
-            out.update(self.disentanglement(m["kl_per_unit"]))
+            from dlcli.disentanglement import disentanglement_metrics
+
+            active = torch.tensor(m["kl_per_unit"]) > ACTIVE_NATS
+            out.update(disentanglement_metrics(self.mean_codes, self.factor_data, active))
         if judge is not None:
             out.update(self.judge_labels(judge, samples))
         elif self.conditional:
