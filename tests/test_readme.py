@@ -131,7 +131,7 @@ COMMANDS = [
             out=r'"bleu": .*"exact_match": ', slow=True),
     Command("dlcli average runs/transformer/RUN/epoch-*.safetensors -o avg.safetensors",
             run=f'dlcli train transformer {TINY_TRANSFORMER.replace("--epochs 1", "--epochs 2")} '
-                "--set keep_epochs=2 > /dev/null && dlcli average "
+                "--set average_last=2 > /dev/null && dlcli average "
                 "$(ls -td runs/transformer/*/ | head -1)epoch-*.safetensors -o avg.safetensors",
             out=r"^avg\.safetensors\n$", slow=True),
     Command("dlcli train transformer --data pairs.tsv",
