@@ -220,8 +220,8 @@ class Seq2SeqTask(Task):
         if not all_scores:
             import sacrebleu
 
-            exact = sum(h == r.strip() for h, r in zip(hyps, references)) / max(len(references), 1)
-            return {"bleu": sacrebleu.corpus_bleu(hyps, [references]).score, "exact_match": exact}
+            return {"bleu": sacrebleu.corpus_bleu(hyps, [references]).score,
+                    "exact_match": exact_match(hyps, references)}
         return translation_scores(hyps, references, self.config.get("target_lang", "en"),
                                   tokenized=self.config.get("dataset") == "multi30k"
                                   or bool(self.config.get("moses")))
@@ -234,7 +234,7 @@ class Seq2SeqTask(Task):
         return out
 
     def end_of_epoch(self, epoch: int) -> dict:
-        """No pictures: a translation of the first validation sentence instead (keep_epochs
+        """No pictures: a translation of the first validation sentence instead (average_last
         snapshots and their average are the Checkpointer's)."""
         if getattr(self, "last_example", None):
             notice(f"  {self.last_example[0]}  ->  {self.last_example[1]}")
@@ -252,6 +252,11 @@ class Seq2SeqTask(Task):
         beam = self.config["beam"]
         return {**loss, **self.scores("test", beam, all_scores=True), "beam": beam,
                 "sentences": len(self.corpus.splits["test"][0])}
+
+
+def exact_match(hyps: list[str], references: list[str]) -> float:
+    """The share of outputs identical to their reference."""
+    return sum(h == r.strip() for h, r in zip(hyps, references)) / max(len(references), 1)
 
 
 def translation_scores(hyps: list[str], references: list[str], lang: str,
@@ -281,8 +286,7 @@ def translation_scores(hyps: list[str], references: list[str], lang: str,
            "bleu_tokenized_lowercase": None,
            "chrf": chrf.corpus_score(hyps, [references]).score,
            "chrf_signature": str(chrf.get_signature()),
-           "exact_match": sum(h == r.strip() for h, r in zip(hyps, references))
-           / max(len(references), 1)}
+           "exact_match": exact_match(hyps, references)}
     if tokenized:
         try:
             prepared = [[s.lower() for s in text.moses_tokenized(side, lang)]
