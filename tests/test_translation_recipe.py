@@ -87,6 +87,20 @@ def test_inverse_sqrt_is_fairseqs_schedule():
     assert max(seen.values()) == pytest.approx(0.005)
 
 
+def test_label_smoothing_is_fairseqs():
+    """fairseq's label_smoothed_nll_loss: (1 - eps) nll + eps / V * sum(-log p), which is
+    what the model's loss (torch's label_smoothing) computes."""
+    torch.manual_seed(0)
+    model = Transformer(30, d_model=16, heads=2, encoder_layers=1, decoder_layers=1, d_ff=32,
+                        dropout=0.0)
+    src, tgt = torch.randint(4, 30, (3, 5)), torch.randint(4, 30, (3, 6))
+    logp = model(src, tgt[:, :-1]).log_softmax(-1).flatten(0, 1)
+    gold = tgt[:, 1:].flatten()
+    nll = -logp.gather(1, gold[:, None]).squeeze(1)
+    fairseq = (0.9 * nll + 0.1 / logp.shape[-1] * -logp.sum(-1)).mean()
+    assert model.loss(src, tgt[:, :-1], tgt[:, 1:], 0.1).item() == pytest.approx(fairseq.item(), rel=1e-5)
+
+
 def test_bpe_merges_counts_merges_not_tokens():
     texts = [s for pair in PAIRS for s in pair]
     tok = text.train_tokenizer(texts, vocab_size=1000, merges=30)
