@@ -42,6 +42,19 @@ IMAGE_KEYS = {
 }
 IMAGE_SIZES = (8, 4096)  # smaller holds nothing to learn; larger is not what these models take
 
+# Keys added to a model's schema after checkpoints were written without them: such a
+# checkpoint reads as these values, which give the behaviour it was trained with.
+KEYS_ADDED_LATER = {
+    "attention_dropout": None,  # None: the same as `dropout` (one rate for everything)
+    "activation_dropout": None,
+    "lowercase": False,
+    "moses": False,
+    "bpe_merges": 0,  # 0: the vocabulary's size is `vocab_size`
+    "average_every": 0,  # 0: snapshots at epoch ends
+}
+# Keys that were renamed: a preset or checkpoint with the old name means the new one.
+RENAMED_KEYS = {"keep_epochs": "average_last"}
+
 # What each number may be, whichever model has the key; a list (layer widths) is checked
 # element by element. A value outside these would fail deep inside torch, or train nothing.
 AT_LEAST_1 = (lambda x: x >= 1, "at least 1")
@@ -53,12 +66,14 @@ NUMBER_RULES = {
                      "d_hidden", "channels", "width", "d_model", "d_ff", "heads",
                      "encoder_layers", "decoder_layers", "beam", "train_size", "pack",
                      "vocab_size"), AT_LEAST_1),
-    **dict.fromkeys(("val_size", "keep_epochs", "warmup", "weight_decay", "clip_norm", "beta",
-                     "capacity", "capacity_epochs", "gamma", "length_penalty", "temperature",
-                     "truncation"), AT_LEAST_0),  # temperature/truncation 0: sample the mean
+    # temperature/truncation 0: sample the mean
+    **dict.fromkeys(("val_size", "average_last", "average_every", "bpe_merges", "warmup",
+                     "weight_decay", "clip_norm", "beta", "capacity", "capacity_epochs",
+                     "gamma", "length_penalty", "temperature", "truncation"), AT_LEAST_0),
     **dict.fromkeys(("lr", "lr_decay", "d_lr_scale"), POSITIVE),
-    **dict.fromkeys(("dropout", "d_dropout", "label_smoothing", "momentum", "ema", "beta1",
-                     "beta2", "val_fraction"), FRACTION),
+    **dict.fromkeys(("dropout", "attention_dropout", "activation_dropout", "d_dropout",
+                     "label_smoothing", "momentum", "ema", "beta1", "beta2", "val_fraction"),
+                    FRACTION),
     "max_len": (lambda x: x >= 2, "at least 2 (an end token and one more)"),
     "seed": (lambda x: -2**63 <= x < 2**63, "64 bits (-2**63 to 2**63 - 1)"),
 }
@@ -234,6 +249,7 @@ def traced_config(model: str, preset: str | None = None, overrides=(), **flags) 
     layers += [(f"--{k.replace('_', '-')}", {k: v}) for k, v in flags.items() if v is not None]
     for source, values in layers:
         for key, value in values.items():
+            key = RENAMED_KEYS.get(key, key)
             if key not in schema:
                 valid = ", ".join(sorted(k for k in schema if k != "model"))
                 raise DlcliError(f"unknown key {key!r} ({source}) for {model}; valid keys: {valid}")
@@ -284,6 +300,8 @@ def config_against_schema(model: str, config) -> dict:
         raise DlcliError(f"it is the config of a {config['model']!r} model")
     if _takes_images(schema):
         config = {**IMAGE_KEYS, **config}
+    config = {**{k: v for k, v in KEYS_ADDED_LATER.items() if k in schema},
+              **{new: config[old] for old, new in RENAMED_KEYS.items() if old in config}, **config}
     missing = [k for k in schema if k not in config and k != "model" and k not in COMMON]
     if missing:
         raise DlcliError(f"key {missing[0]!r} is missing")
