@@ -168,6 +168,7 @@ TRAINING_KEYS = {"epochs", "lr", "seed", "batch_size", "optimizer", "momentum", 
                  "schedule", "lr_decay", "warmup", "clip_norm", "beta1", "beta2", "d_lr_scale",
                  "label_smoothing", "dropout", "d_dropout", "precision", "val_size", "keep_epochs",
                  "val_translate", "ema", "beta", "gamma", "capacity", "capacity_epochs",
+                 "kl_warmup", "free_bits", "iwae_samples",
                  "truncation", "temperature", "beam", "length_penalty", "data", "train_size",
                  "logger", "checkpoint_every"}
 # Metadata that gives the weights their meaning: the same numbers under another tokenizer

@@ -29,6 +29,13 @@ COMMON = {
     "checkpoint_every": "10m",
 }
 
+# Keys added to a model's schema after checkpoints were written without them: those
+# checkpoints read as the value that trains the way they were trained.
+LATER_KEYS = {
+    "schedule": "exponential",  # the VAEs: lr *= lr_decay after each epoch, before the key
+    "kl_warmup": 0.0, "free_bits": 0.0, "iwae_samples": 1,  # the VAEs: off
+}
+
 # The keys of your own folder of images (`--data DIR`), which every model that trains on
 # images takes: added to its schema here rather than repeated in each preset. Checkpoints
 # written before they existed read as the defaults.
@@ -51,10 +58,11 @@ NUMBER_RULES = {
     **dict.fromkeys(("epochs", "batch_size", "latent", "latent_dim", "hidden", "g_hidden",
                      "d_hidden", "channels", "width", "d_model", "d_ff", "heads",
                      "encoder_layers", "decoder_layers", "beam", "train_size", "pack",
-                     "vocab_size"), AT_LEAST_1),
+                     "vocab_size", "iwae_samples"), AT_LEAST_1),
     **dict.fromkeys(("val_size", "keep_epochs", "warmup", "weight_decay", "clip_norm", "beta",
                      "capacity", "capacity_epochs", "gamma", "length_penalty", "temperature",
-                     "truncation"), AT_LEAST_0),  # temperature/truncation 0: sample the mean
+                     "truncation", "kl_warmup", "free_bits"),
+                    AT_LEAST_0),  # temperature/truncation 0: sample the mean
     **dict.fromkeys(("lr", "lr_decay", "d_lr_scale"), POSITIVE),
     **dict.fromkeys(("dropout", "d_dropout", "label_smoothing", "momentum", "ema", "beta1",
                      "beta2", "val_fraction"), FRACTION),
@@ -283,6 +291,7 @@ def config_against_schema(model: str, config) -> dict:
         raise DlcliError(f"it is the config of a {config['model']!r} model")
     if _takes_images(schema):
         config = {**IMAGE_KEYS, **config}
+    config = {**{k: v for k, v in LATER_KEYS.items() if k in schema}, **config}
     missing = [k for k in schema if k not in config and k != "model" and k not in COMMON]
     if missing:
         raise DlcliError(f"key {missing[0]!r} is missing")
