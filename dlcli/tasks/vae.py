@@ -2,7 +2,7 @@
 
 Training minimises recon + beta * KL (or recon + gamma * |KL - C| with the capacity
 annealing of Burgess et al., 2018); every number reported is in nats per image. Options
-that buy a better likelihood, each a preset key, off at 0 (1 for iwae_samples):
+that buy a better likelihood, each a preset key (the first three off at 0, or 1):
 
     kl_warmup     beta rises linearly from 0 over this many epochs, so the decoder learns
                   to use z before the KL can switch units off (Sønderby et al., 2016;
@@ -13,8 +13,9 @@ that buy a better likelihood, each a preset key, off at 0 (1 for iwae_samples):
     iwae_samples  k > 1 trains on the importance-weighted bound log 1/k sum_i w_i instead
                   of the ELBO (Burda et al., 2016)
     schedule      exponential (lr *= lr_decay after each epoch) | cosine (per step, to 0)
-                  | constant The
-pictures need no data: the latent units' KL, measured at each validation, travels in
+                  | constant
+
+The pictures need no data: the latent units' KL, measured at each validation, travels in
 the checkpoint's metadata, so `sample --grid traverse|manifold` knows which units carry
 information. Only `--grid recon` reads test images.
 """
