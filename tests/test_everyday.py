@@ -63,7 +63,7 @@ def test_global_options_after_the_command_move_in_front(argv, expected):
 
 
 def test_threads_after_the_command_works():
-    assert run_cli("presets", "list", "--threads", "1", check=0).stdout.startswith("beta-vae")
+    assert run_cli("presets", "list", "--threads", "1", check=0).stdout.startswith("beta-tcvae")
     bad = run_cli("presets", "list", "--threads", "0", check=2)
     assert bad.stderr.strip() == "error: --threads must be positive, got 0"
 

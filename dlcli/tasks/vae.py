@@ -1,7 +1,9 @@
-"""The VAE family (vae, cvae, beta-vae): train on the ELBO, measure it, draw its pictures.
+"""The VAE family (vae, cvae, beta-vae, beta-tcvae): train on the ELBO, measure it, draw its
+pictures.
 
 Training minimises recon + beta * KL (or recon + gamma * |KL - C| with the capacity
-annealing of Burgess et al., 2018); every number reported is in nats per image. The
+annealing of Burgess et al., 2018; or, for beta-tcvae, recon + MI + beta * TC + dim-wise
+KL, BetaTCVAETask at the end); every number reported is in nats per image. The
 pictures need no data: the latent units' KL, measured at each validation, travels in
 the checkpoint's metadata, so `sample --grid traverse|manifold` knows which units carry
 information. Only `--grid recon` reads test images.
@@ -108,7 +110,7 @@ class VAETask(ImageTask):
         self.latent_kl = m["kl_per_unit"]
         out = {"val_loss": m["nelbo"], "val_recon": m["recon"], "val_kl": m["kl"],
                "val_active_units": float(m["active_units"])}
-        if self.config["capacity"] > 0:
+        if self.config.get("capacity", 0) > 0:  # beta-tcvae has no capacity
             out["capacity"] = self.capacity()
         return out
 
@@ -378,3 +380,37 @@ class VAETask(ImageTask):
                 if label != "all" else (torch.arange(self.classes, device=self.device), 0)
             labels = per_row.repeat_interleave(steps)
         return self.decode_standard(eps, labels), steps
+
+
+class BetaTCVAETask(VAETask):
+    """beta-TCVAE (Chen et al., 2018, "Isolating Sources of Disentanglement in VAEs"): the
+    beta-VAE's network, trained on
+
+        E[log p(x | z)] - alpha * I(z; n) - beta * TC(z) - gamma * sum_j KL(q(z_j) || p(z_j))
+
+    with alpha = gamma = 1, so that beta penalises only the total correlation, the
+    dependence between latent units, and leaves alone the information the code keeps about
+    the image (which a beta on the whole KL also squeezes). The three terms are estimated
+    on each minibatch by minibatch-weighted sampling over the N training images
+    (dlcli.models.vae.kl_decomposition) and logged as mi, tc and dwkl; nelbo and kl stay
+    the true -ELBO and its analytic KL, as for every VAE."""
+
+    losses = VAETask.losses + ("mi", "tc", "dwkl")
+
+    def train_step(self, batch) -> dict[str, float]:
+        from dlcli.models.vae import kl_decomposition, reconstruction_nats
+
+        x, _ = batch
+        mu, logvar = self.model.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # one code per image
+        recon = reconstruction_nats(self.model.decode(z).float(), x).mean()
+        z, mu, logvar = z.float(), mu.float(), logvar.float()
+        mi, tc, dwkl = (term.mean() for term in
+                        kl_decomposition(z, mu, logvar, dataset_size=len(self.train_data)))
+        loss = recon + mi + self.config["beta"] * tc + dwkl
+        self.optimize(loss, self.optimizers["model"])
+        self.steps += 1
+        kl = self.model.kl(mu.detach(), logvar.detach()).sum(1).mean().item()  # analytic
+        recon = recon.item()
+        return {"loss": loss.item(), "nelbo": recon + kl, "recon": recon, "kl": kl,
+                "mi": mi.item(), "tc": tc.item(), "dwkl": dwkl.item()}
