@@ -38,6 +38,7 @@ IMAGE_KEYS = {
     "image_channels": "auto",  # 1 | 3 | auto (1 when every image is grayscale)
     "resize": "center-crop",  # center-crop | pad | stretch
     "val_fraction": 0.1,  # of the training images, held out by the seed (no val/ folder)
+    "shapes_grid": "full",  # dataset shapes: full (737,280 images) | small (23,040)
 }
 IMAGE_SIZES = (8, 4096)  # smaller holds nothing to learn; larger is not what these models take
 
@@ -331,7 +332,8 @@ def checkpoint_interval(value) -> tuple[int | None, float | None]:
 
 
 def check_image_keys(config: dict) -> None:
-    """image_size, image_channels and resize (when the config has them) within their choices."""
+    """image_size, image_channels, resize and shapes_grid (when the config has them)
+    within their choices."""
     size = config.get("image_size")
     if size is not None:
         low, high = IMAGE_SIZES
@@ -340,6 +342,10 @@ def check_image_keys(config: dict) -> None:
                              f"(the images' own size), got {size!r}")
     if "image_channels" in config and str(config["image_channels"]) not in ("auto", "1", "3"):
         raise DlcliError(f"image_channels must be 1, 3 or auto, got {config['image_channels']!r}")
+    if config.get("dataset") == "shapes" and not config.get("data"):
+        from dlcli.data.catalog import check_shapes_keys
+
+        check_shapes_keys(config)
     if "resize" in config:
         from dlcli.data.catalog import RESIZE_MODES
 
