@@ -73,7 +73,8 @@ def test_completion_callbacks_offer_registry_names():
     assert complete_dataset("f") == ["fashion-mnist"]
     assert {"mnist", "xor", "numbers", "multi30k"} <= set(complete_dataset(""))
     presets = dict(complete_preset("vae"))
-    assert set(presets) == {"vae", "vae-conv", "vae-conv-64", "vae-tutorial"} and all(presets.values())
+    assert set(presets) == {"vae", "vae-conv", "vae-conv-64", "vae-shapes", "vae-tutorial"} \
+        and all(presets.values())
 
 
 def test_shell_completion_end_to_end():
