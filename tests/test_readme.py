@@ -104,6 +104,13 @@ COMMANDS = [
     Command("dlcli evaluate runs/cvae/RUN/best.safetensors --json",
             run=f'dlcli evaluate "{CKPT.format(model="cvae")}" --json --samples 500 --iwae-k 5',
             out=r'"nelbo": .*"iwae_nll": .*"label_accuracy": ', slow=True),
+    Command("dlcli train beta-tcvae --preset beta-tcvae-shapes",
+            run="dlcli train beta-tcvae --preset beta-tcvae-shapes --epochs 1 --set channels=4 "
+                "--set hidden=[32]", out=PATH_OUT, slow=True),
+    Command("dlcli evaluate runs/beta-tcvae/RUN/best.safetensors --json",
+            run=f'dlcli evaluate "{CKPT.format(model="beta-tcvae")}" --json --iwae-k 2',
+            out=r'"nelbo": .*"mig": .*"factor_vae_score": ', slow=True),
+    Command("dlcli sample beta-tcvae --grid traverse -o traverse.png", out=PNG, slow=True),
     # GANs
     Command("dlcli train gan", out=PATH_OUT, slow=True),
     Command("dlcli train dcgan", out=PATH_OUT, slow=True),
