@@ -85,9 +85,11 @@ def test_shell_completion_end_to_end():
         "transformer-multi30k-de-en", "transformer-multi30k-de-en-tiny",
         "transformer-multi30k-en-de", "transformer-multi30k-en-de-tiny"]
     # the shell named, as Typer's guess from the parent processes depends on how the tests
-    # were started (a `bash -c` may exec python in its place)
+    # were started (a `bash -c` may exec python in its place); Typer takes the name only
+    # with its detection turned off
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     shown = subprocess.run([sys.executable, "-m", "dlcli", "--show-completion", "bash"],
-                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                           env=env, capture_output=True,
                            text=True, timeout=60)
     script = shown.stdout
     assert "_dlcli_completion" in script and "_DLCLI_COMPLETE=complete_bash" in script, shown.stderr
