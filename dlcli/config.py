@@ -39,6 +39,14 @@ IMAGE_KEYS = {
     "resize": "center-crop",  # center-crop | pad | stretch
     "val_fraction": 0.1,  # of the training images, held out by the seed (no val/ folder)
 }
+# Keys added after checkpoints were first written, with the value that reproduces how
+# those checkpoints were trained (which need not be today's default): a checkpoint
+# without the key reads it as this.
+ADDED_KEYS = {  # key: value, or {model: value}
+    "loss": "nonsaturating",  # GANs
+    "d_norm": {"dcgan": "batch", "gan": "none", "cgan": "none"},
+    "r1": 0.0,
+}
 IMAGE_SIZES = (8, 4096)  # smaller holds nothing to learn; larger is not what these models take
 
 # What each number may be, whichever model has the key; a list (layer widths) is checked
@@ -54,7 +62,7 @@ NUMBER_RULES = {
                      "vocab_size"), AT_LEAST_1),
     **dict.fromkeys(("val_size", "keep_epochs", "warmup", "weight_decay", "clip_norm", "beta",
                      "capacity", "capacity_epochs", "gamma", "length_penalty", "temperature",
-                     "truncation"), AT_LEAST_0),  # temperature/truncation 0: sample the mean
+                     "truncation", "r1"), AT_LEAST_0),  # temperature/truncation 0: sample the mean
     **dict.fromkeys(("lr", "lr_decay", "d_lr_scale"), POSITIVE),
     **dict.fromkeys(("dropout", "d_dropout", "label_smoothing", "momentum", "ema", "beta1",
                      "beta2", "val_fraction"), FRACTION),
@@ -281,8 +289,10 @@ def config_against_schema(model: str, config) -> dict:
         raise DlcliError("it is not a mapping of key: value")
     if config.get("model", model) != model:
         raise DlcliError(f"it is the config of a {config['model']!r} model")
-    if _takes_images(schema):
-        config = {**IMAGE_KEYS, **config}
+    config = {**IMAGE_KEYS, **config} if _takes_images(schema) else dict(config)
+    for key, value in ADDED_KEYS.items():
+        if key in schema and key not in config:
+            config[key] = value.get(model) if isinstance(value, dict) else value
     missing = [k for k in schema if k not in config and k != "model" and k not in COMMON]
     if missing:
         raise DlcliError(f"key {missing[0]!r} is missing")
