@@ -3,8 +3,11 @@
 The Checkpointer writes, in the run folder: last.safetensors after every epoch, every
 `checkpoint_every` steps or seconds between epoch ends, and when stopped mid-epoch (it holds
 the training state --resume needs, down to the batch inside the epoch), best.safetensors when the
-monitored metric improves, epoch-NNN.safetensors for the last `keep_epochs` epochs when the
-config asks, and at the end of training the average of those (averaged.safetensors).
+monitored metric improves, and when the config asks (`average_last: N`) weight-only
+snapshots, the last N of them kept: epoch-NNN.safetensors at each epoch end, or with
+`average_every: K` update-NNNNNNN.safetensors every K optimizer updates. At the end of
+training the kept snapshots are averaged into averaged.safetensors, as fairseq's
+scripts/average_checkpoints.py does with --num-epoch-checkpoints or --num-update-checkpoints.
 average_checkpoints is also `dlcli average`.
 """
 
@@ -37,7 +40,8 @@ class Checkpointer:
         self.reporter = reporter  # told of each file written
         self.last = run_dir / "last.safetensors" if run_dir else None
         self.best_path = run_dir / "best.safetensors" if run_dir else None
-        self.keep = int(task.config.get("keep_epochs", 0))
+        self.keep = int(task.config.get("average_last", task.config.get("keep_epochs", 0)))
+        self.snapshot_every = int(task.config.get("average_every", 0))  # 0: at epoch ends
         self.metrics: dict = {}  # the last epoch's, which a mid-epoch checkpoint carries too
         self.every_steps, self.every_seconds = checkpoint_interval(
             task.config.get("checkpoint_every", 0))
@@ -111,8 +115,9 @@ class Checkpointer:
         improved = monitor is None or self.best is None or metrics.get(monitor, math.inf) < self.best
         if improved and monitor is not None:
             self.best = metrics.get(monitor)
-        if self.keep > 0 and self.dir is not None:
-            self._guarded(lambda: self.snapshot(epoch), step, must=False)
+        if self.keep > 0 and self.dir is not None and not self.snapshot_every:
+            self._guarded(lambda: self.snapshot(f"epoch-{epoch:03d}", epoch, step), step,
+                          must=False)
         self.metrics = metrics
         self.save(epoch, 0, step, must=final)
         if improved and self.dir is not None and not self.failing:
@@ -121,22 +126,32 @@ class Checkpointer:
                 self._wrote(self.best_path, "best")
             self._guarded(copy_best, step, must=final)
 
-    def snapshot(self, epoch: int) -> None:
-        """epoch-NNN.safetensors (weights only), keeping the newest `keep_epochs`."""
+    def after_update(self, epoch_done: int, step: int) -> None:
+        """After optimizer update `step`: the update's snapshot when `average_every` asks."""
+        if self.keep > 0 and self.dir is not None and self.snapshot_every \
+                and step % self.snapshot_every == 0:
+            self._guarded(lambda: self.snapshot(f"update-{step:07d}", epoch_done, step), step,
+                          must=False)
+
+    def snapshot(self, name: str, epoch: int, step: int) -> None:
+        """NAME.safetensors (weights only), keeping the newest `average_last`."""
         task = self.task
-        path = self.dir / f"epoch-{epoch:03d}.safetensors"
+        path = self.dir / f"{name}.safetensors"
         save_checkpoint(path, model=task.spec.name, config=task.config, modules=task.modules,
-                        epoch=epoch, extra=task.checkpoint_extra())
-        self._wrote(path, "epoch")
+                        epoch=epoch, step=step, extra=task.checkpoint_extra())
+        self._wrote(path, "epoch" if name.startswith("epoch") else "update")
         for old in self.kept()[:-self.keep]:
             old.unlink()
 
     def kept(self) -> list[Path]:
-        return sorted(self.dir.glob("epoch-*.safetensors"))
+        """This run's snapshots, oldest first (zero-padded numbers sort in order)."""
+        pattern = "update-*.safetensors" if self.snapshot_every else "epoch-*.safetensors"
+        return sorted(self.dir.glob(pattern))
 
     def finish(self) -> None:
-        """Training ran its course: average the kept epochs into averaged.safetensors (the
-        mean of the last few epochs' weights often scores better than any one of them)."""
+        """Training ran its course: average the kept snapshots into averaged.safetensors (the
+        mean of the last few epochs' or updates' weights often scores better than any one
+        of them)."""
         kept = self.kept() if self.dir is not None and self.keep >= 1 else []
         if len(kept) < 2:
             return
@@ -144,7 +159,8 @@ class Checkpointer:
 
         target = self.dir / "averaged.safetensors"
         average_checkpoints(kept, target)
-        notice(f"averaged the last {len(kept)} epochs into {target}")
+        unit = f"snapshots ({self.snapshot_every} updates apart)" if self.snapshot_every else "epochs"
+        notice(f"averaged the last {len(kept)} {unit} into {target}")
         self._wrote(target, "averaged")
 
     def checkpoint(self) -> Path | None:
@@ -167,6 +183,7 @@ STANDARD_KEYS = {"format", "model", "dlcli_version", "config", "epoch", "step", 
 TRAINING_KEYS = {"epochs", "lr", "seed", "batch_size", "optimizer", "momentum", "weight_decay",
                  "schedule", "lr_decay", "warmup", "clip_norm", "beta1", "beta2", "d_lr_scale",
                  "label_smoothing", "dropout", "d_dropout", "precision", "val_size", "keep_epochs",
+                 "average_last", "average_every", "attention_dropout", "activation_dropout",
                  "val_translate", "ema", "beta", "gamma", "capacity", "capacity_epochs",
                  "truncation", "temperature", "beam", "length_penalty", "data", "train_size",
                  "logger", "checkpoint_every"}

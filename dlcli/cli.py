@@ -564,11 +564,15 @@ def evaluate(
     data: List[Path] = typer.Option([], "--data", help="The parallel text a transformer was "
                                     "trained on (train --data), where it is now."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG: each latent unit's mutual "
+                                        "information with each factor (VAEs on shapes)."),
 ):
     """Test-set metrics for the checkpoint's model family."""
     if not 2 <= samples <= MAX_EVAL_SAMPLES or iwae_k < 1:  # a covariance needs two
         raise DlcliError(f"--samples must be at least 2 and at most {MAX_EVAL_SAMPLES:,}, "
                          "and --iwae-k at least 1")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise DlcliError(f"--plot writes a PNG picture: give a file name ending in .png, not {plot}")
     from dlcli.checkpoint import load_checkpoint
     from dlcli.runs import checkpoint_file
     from dlcli.runtime import pick_device
@@ -582,8 +586,30 @@ def evaluate(
         if not task.config.get("data"):
             raise DlcliError("--data is for a transformer trained on your own text (train --data)")
         task.config = {**task.config, "data": [str(p) for p in data]}
+    if plot is not None:
+        from dlcli.config import dataset_name
+        from dlcli.data.catalog import get_dataset
+
+        name = task.config.get("dataset")
+        if not (hasattr(task, "measure_factors") and not task.config.get("data")
+                and get_dataset(name).factors):
+            raise DlcliError(f"--plot draws what each latent unit of a VAE carries about the "
+                             f"data's known factors (dataset shapes); {ckpt.model} on "
+                             f"{dataset_name(task.config)} has none to draw")
     metrics = task.evaluate(classifier=classifier, samples=samples, iwae_k=iwae_k)
     metrics["data"] = task.data_info()
+    if plot is not None:
+        import torch
+
+        from dlcli.console import notice
+        from dlcli.disentanglement import plot_mutual_information
+
+        table = metrics["mutual_information"]
+        units = [row["unit"] for row in metrics["latent_factors"]] or None  # the active ones
+        plot_mutual_information(torch.tensor(table["units"]), table["factors"], plot,
+                                f"{ckpt.model} on shapes, {metrics['data']['source']}: MIG "
+                                f"{metrics['mig']:.3f}", units)
+        notice(f"wrote {plot}")
     if as_json:
         json_out(metrics)
         return

@@ -38,16 +38,25 @@ IMAGE_KEYS = {
     "image_channels": "auto",  # 1 | 3 | auto (1 when every image is grayscale)
     "resize": "center-crop",  # center-crop | pad | stretch
     "val_fraction": 0.1,  # of the training images, held out by the seed (no val/ folder)
+    "shapes_grid": "full",  # dataset shapes: full (737,280 images) | small (23,040)
 }
-# Keys added after checkpoints were first written, with the value that reproduces how
-# those checkpoints were trained (which need not be today's default): a checkpoint
-# without the key reads it as this.
-ADDED_KEYS = {  # key: value, or {model: value}
+IMAGE_SIZES = (8, 4096)  # smaller holds nothing to learn; larger is not what these models take
+
+# Keys added to a model's schema after checkpoints were written without them: such a
+# checkpoint reads as these values, which give the behaviour it was trained with.
+KEYS_ADDED_LATER = {  # key: value, or {model: value}
     "loss": "nonsaturating",  # GANs
     "d_norm": {"dcgan": "batch", "gan": "none", "cgan": "none"},
     "r1": 0.0,
+    "attention_dropout": None,  # None: the same as `dropout` (one rate for everything)
+    "activation_dropout": None,
+    "lowercase": False,
+    "moses": False,
+    "bpe_merges": 0,  # 0: the vocabulary's size is `vocab_size`
+    "average_every": 0,  # 0: snapshots at epoch ends
 }
-IMAGE_SIZES = (8, 4096)  # smaller holds nothing to learn; larger is not what these models take
+# Keys that were renamed: a preset or checkpoint with the old name means the new one.
+RENAMED_KEYS = {"keep_epochs": "average_last"}
 
 # What each number may be, whichever model has the key; a list (layer widths) is checked
 # element by element. A value outside these would fail deep inside torch, or train nothing.
@@ -60,12 +69,14 @@ NUMBER_RULES = {
                      "d_hidden", "channels", "width", "d_model", "d_ff", "heads",
                      "encoder_layers", "decoder_layers", "beam", "train_size", "pack",
                      "vocab_size"), AT_LEAST_1),
-    **dict.fromkeys(("val_size", "keep_epochs", "warmup", "weight_decay", "clip_norm", "beta",
-                     "capacity", "capacity_epochs", "gamma", "length_penalty", "temperature",
-                     "truncation", "r1"), AT_LEAST_0),  # temperature/truncation 0: sample the mean
+    # temperature/truncation 0: sample the mean
+    **dict.fromkeys(("val_size", "average_last", "average_every", "bpe_merges", "warmup",
+                     "weight_decay", "clip_norm", "beta", "capacity", "capacity_epochs",
+                     "gamma", "length_penalty", "temperature", "truncation", "r1"), AT_LEAST_0),
     **dict.fromkeys(("lr", "lr_decay", "d_lr_scale"), POSITIVE),
-    **dict.fromkeys(("dropout", "d_dropout", "label_smoothing", "momentum", "ema", "beta1",
-                     "beta2", "val_fraction"), FRACTION),
+    **dict.fromkeys(("dropout", "attention_dropout", "activation_dropout", "d_dropout",
+                     "label_smoothing", "momentum", "ema", "beta1", "beta2", "val_fraction"),
+                    FRACTION),
     "max_len": (lambda x: x >= 2, "at least 2 (an end token and one more)"),
     "seed": (lambda x: -2**63 <= x < 2**63, "64 bits (-2**63 to 2**63 - 1)"),
 }
@@ -241,6 +252,7 @@ def traced_config(model: str, preset: str | None = None, overrides=(), **flags) 
     layers += [(f"--{k.replace('_', '-')}", {k: v}) for k, v in flags.items() if v is not None]
     for source, values in layers:
         for key, value in values.items():
+            key = RENAMED_KEYS.get(key, key)
             if key not in schema:
                 valid = ", ".join(sorted(k for k in schema if k != "model"))
                 raise DlcliError(f"unknown key {key!r} ({source}) for {model}; valid keys: {valid}")
@@ -289,10 +301,12 @@ def config_against_schema(model: str, config) -> dict:
         raise DlcliError("it is not a mapping of key: value")
     if config.get("model", model) != model:
         raise DlcliError(f"it is the config of a {config['model']!r} model")
-    config = {**IMAGE_KEYS, **config} if _takes_images(schema) else dict(config)
-    for key, value in ADDED_KEYS.items():
-        if key in schema and key not in config:
-            config[key] = value.get(model) if isinstance(value, dict) else value
+    if _takes_images(schema):
+        config = {**IMAGE_KEYS, **config}
+    added = {k: v.get(model) if isinstance(v, dict) else v
+             for k, v in KEYS_ADDED_LATER.items() if k in schema}
+    config = {**added, **{new: config[old] for old, new in RENAMED_KEYS.items() if old in config},
+              **config}
     missing = [k for k in schema if k not in config and k != "model" and k not in COMMON]
     if missing:
         raise DlcliError(f"key {missing[0]!r} is missing")
@@ -341,7 +355,8 @@ def checkpoint_interval(value) -> tuple[int | None, float | None]:
 
 
 def check_image_keys(config: dict) -> None:
-    """image_size, image_channels and resize (when the config has them) within their choices."""
+    """image_size, image_channels, resize and shapes_grid (when the config has them)
+    within their choices."""
     size = config.get("image_size")
     if size is not None:
         low, high = IMAGE_SIZES
@@ -350,6 +365,10 @@ def check_image_keys(config: dict) -> None:
                              f"(the images' own size), got {size!r}")
     if "image_channels" in config and str(config["image_channels"]) not in ("auto", "1", "3"):
         raise DlcliError(f"image_channels must be 1, 3 or auto, got {config['image_channels']!r}")
+    if config.get("dataset") == "shapes" and not config.get("data"):
+        from dlcli.data.catalog import check_shapes_keys
+
+        check_shapes_keys(config)
     if "resize" in config:
         from dlcli.data.catalog import RESIZE_MODES
 

@@ -112,7 +112,9 @@ def save_spec(task, ckpt, folder: Path, quantization: str | None) -> None:
             "max_positions": task.model.max_positions,
             "length_penalty": task.config["length_penalty"], "quantization": quantization,
             "source_lang": task.config.get("source_lang"),
-            "target_lang": task.config.get("target_lang"), "dataset": task.config.get("dataset")}
+            "target_lang": task.config.get("target_lang"), "dataset": task.config.get("dataset"),
+            # how text is prepared around the BPE (data/text.py TextForm)
+            "lowercase": bool(task.config.get("lowercase")), "moses": bool(task.config.get("moses"))}
     (folder / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
@@ -170,8 +172,10 @@ class CT2Translator(Translator):
     """dlcli's Translator (tokenizing, batching by length, line order, warnings) with
     CTranslate2 doing the search."""
 
-    def __init__(self, engine, tokenizer, max_positions: int, alpha: float, keep=None):
+    def __init__(self, engine, tokenizer, max_positions: int, alpha: float, keep=None,
+                 form: text.TextForm | None = None):
         self.engine, self.tokenizer, self.alpha = engine, tokenizer, alpha
+        self.form = form or text.TextForm()
         self.max_positions = max_positions
         self.warned_unknown = self.warned_long = False
         self.vocabulary = vocabulary_of(tokenizer)
@@ -218,4 +222,5 @@ def load_translator(path: Path, device: str = "auto") -> CT2Translator:
     engine = ctranslate2.Translator(str(path), device=device, inter_threads=1,
                                     intra_threads=torch.get_num_threads())
     tokenizer = text.tokenizer_from_json((path / TOKENIZER_FILE).read_text(encoding="utf-8"))
-    return CT2Translator(engine, tokenizer, info["max_positions"], info["length_penalty"], keep)
+    return CT2Translator(engine, tokenizer, info["max_positions"], info["length_penalty"], keep,
+                         text.TextForm.of(info))

@@ -8,7 +8,7 @@ import torch
 
 from dlcli.errors import DlcliError
 
-SCHEDULES = ("constant", "exponential", "cosine", "noam")
+SCHEDULES = ("constant", "exponential", "cosine", "noam", "inverse_sqrt")
 
 
 def make_optimizer(params, config: dict, **adam) -> torch.optim.Optimizer:
@@ -32,7 +32,10 @@ def make_optimizer(params, config: dict, **adam) -> torch.optim.Optimizer:
 class Schedule:
     """config['schedule']: constant; exponential (lr *= lr_decay after each epoch); cosine
     (per step, from lr down to 0 over the whole run); noam (per step, lr / sqrt(step) after
-    the warm-up: "Attention Is All You Need", scaled so that it peaks at lr). Per-step
+    the warm-up: "Attention Is All You Need", scaled so that it peaks at lr); inverse_sqrt
+    (fairseq's inverse_square_root_schedule.py with --warmup-init-lr 0: the noam curve
+    counted as fairseq counts, lr * n / warmup before update n + 1, then
+    lr * sqrt(warmup / n); so the first update is taken at lr 0, as fairseq's at 1e-7). Per-step
     schedules first rise linearly over config['warmup'] steps (0 = none). `total_steps` is
     set once the data size is known; the scheduler itself is a plain LambdaLR, so it
     resumes like any other."""
@@ -49,6 +52,10 @@ class Schedule:
     def factor(self, count: int) -> float:
         if self.kind == "exponential":
             return self.decay ** count  # counted in epochs
+        if self.kind == "inverse_sqrt":  # n = count: updates done so far
+            if count < self.warmup:
+                return count / self.warmup
+            return math.sqrt(self.warmup / count) if self.warmup else 1.0 / math.sqrt(max(count, 1))
         t = count + 1  # counted in steps from here on
         if self.warmup and t < self.warmup:
             return t / self.warmup

@@ -107,6 +107,7 @@ def fit(task, run_dir: Path | None, resume=None, d: Dist = Dist(), precision: st
                     if d.main:  # rank 0 judges, as it reports
                         check_finite(logs, task.losses, epoch + 1, step + 1, saver, run_dir)
                     step += 1
+                    saver.after_update(epoch, step)  # average_every (rank 0)
                     meter.add(logs, task.batch_items(batches[i]))
                     report.step(i + 1, logs, meter)
                     if step % LOG_EVERY == 0:

@@ -393,3 +393,23 @@ def test_inspect_shows_the_data_a_checkpoint_learned(cli, data_of, tmp_path):
     assert info["data"]["shape"] == [3, 32, 32] and info["data"]["classes"] == CLASSES
     text = cli("inspect", path, check=0).stdout
     assert "data: made-up  3x32x32  3 classes (cat, ankle boot, Zebra)" in text
+
+
+# ---- a dataset drawn when indexed ------------------------------------------------------
+
+@pytest.mark.parametrize("model", IMAGE_MODELS)
+def test_every_image_model_trains_on_shapes(model):
+    """`shapes` hands over images pasted when indexed (ShapeImages), not a tensor: every
+    image model trains a step on it (its small grid, 32 px)."""
+    sets = TINY[model] + ["dataset=shapes", "shapes_grid=small", "image_size=32"]
+    spec = get_spec(model)
+    torch.manual_seed(0)
+    task = spec.load_task()(spec, tiny(model, sets), torch.device("cpu"))
+    assert task.data_spec["shape"] == [1, 32, 32]
+    assert task.data_spec["classes"] == ["square", "ellipse", "heart"]
+    task.setup_data()
+    x, y = task.train_batches(0)[0]
+    assert x.shape == (8, 1, 32, 32) and x.dtype == torch.float32 and 0 < x.max() <= 1
+    logs = task.train_step((x, y))
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    assert len(task.data_sha256()) == 64  # provenance from the dataset's digest

@@ -104,6 +104,15 @@ COMMANDS = [
     Command("dlcli evaluate runs/cvae/RUN/best.safetensors --json",
             run=f'dlcli evaluate "{CKPT.format(model="cvae")}" --json --samples 500 --iwae-k 5',
             out=r'"nelbo": .*"iwae_nll": .*"label_accuracy": ', slow=True),
+    # Disentanglement
+    Command("dlcli train beta-vae --dataset shapes --set shapes_grid=small --set image_size=32",
+            run="dlcli train beta-vae --dataset shapes --set shapes_grid=small --set image_size=32 "
+                "--epochs 1", out=PATH_OUT, err=r"val_mig", slow=True),
+    Command("dlcli evaluate runs/beta-vae/RUN/best.safetensors --json --plot mi.png",
+            run=f'dlcli evaluate "{CKPT.format(model="beta-vae")}" --json --iwae-k 2 --plot mi.png '
+                "&& head -c 4 mi.png | od -c",
+            out=r'(?s)"mig": .*"factor_vae_score": .*"latent_factors": .*P   N   G', slow=True),
+    Command("dlcli sample beta-vae --grid traverse", out=PNG, slow=True),
     # GANs
     Command("dlcli train gan", out=PATH_OUT, slow=True),
     Command("dlcli train dcgan", out=PATH_OUT, slow=True),
@@ -120,6 +129,8 @@ COMMANDS = [
             slow=True),
     Command("dlcli train transformer --preset transformer-multi30k-de-en --data-dir DIR",
             skip="33 minutes of training"),
+    Command("dlcli train transformer --preset transformer-multi30k-en-de-tiny --data-dir DIR",
+            skip="8,040 updates: hours on 2 cores"),
     Command("cat de.txt | dlcli translate --beam 1 > en.txt",
             skip="needs the Multi30k model of the row above"),
     Command('dlcli translate "Zwei Hunde spielen im Schnee." --attention attn.png',
@@ -131,7 +142,7 @@ COMMANDS = [
             out=r'"bleu": .*"exact_match": ', slow=True),
     Command("dlcli average runs/transformer/RUN/epoch-*.safetensors -o avg.safetensors",
             run=f'dlcli train transformer {TINY_TRANSFORMER.replace("--epochs 1", "--epochs 2")} '
-                "--set keep_epochs=2 > /dev/null && dlcli average "
+                "--set average_last=2 > /dev/null && dlcli average "
                 "$(ls -td runs/transformer/*/ | head -1)epoch-*.safetensors -o avg.safetensors",
             out=r"^avg\.safetensors\n$", slow=True),
     Command("dlcli train transformer --data pairs.tsv",

@@ -18,7 +18,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 TINY = ["--set", "train_size=300", "--set", "d_model=16", "--set", "heads=2",
         "--set", "encoder_layers=1", "--set", "decoder_layers=1", "--set", "d_ff=32",
         "--set", "val_translate=false", "--set", "beam=1", "--set", "max_len=24",
-        "--set", "keep_epochs=2", "--epochs", "2", "--seed", "0"]
+        "--set", "average_last=2", "--epochs", "2", "--seed", "0"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,6 +132,8 @@ def test_evaluate_reports_translation_metrics(tiny):
     metrics = json.loads(proc.stdout)
     for key in ("loss", "ppl", "bleu", "chrf", "exact_match", "bleu_lowercase"):
         assert isinstance(metrics[key], float)
+    assert metrics["bleu_signature"].startswith("nrefs:1|case:mixed|")
+    assert metrics["bleu_tokenized_lowercase"] is None  # numbers: not a tokenized corpus
     assert metrics["ppl"] == pytest.approx(2.718281828 ** metrics["loss"], rel=1e-6)
     assert 0 <= metrics["exact_match"] <= 1
 

@@ -133,6 +133,18 @@ def test_evaluate_reports_the_bounds(trained, cli):
     assert m["iwae_nll"] < m["nelbo"] + 1.0  # importance weighting only tightens (up to noise)
     assert 0 <= m["active_units"] <= 6
     assert m["active_units"] == sum(v > 0.01 for v in m["kl_per_unit"])
+    # MNIST has no known factors of variation: no disentanglement keys, and no error
+    assert not {"mig", "factor_vae_score", "latent_factors", "mutual_information"} & m.keys()
+
+
+def test_plot_needs_data_with_factors(trained, cli, isolated):
+    proc = cli("evaluate", trained["vae"], "--plot", "mi.png")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().startswith("error: --plot draws what each latent unit of a VAE "
+                                          "carries about the data's known factors")
+    proc = cli("evaluate", trained["vae"], "--plot", "mi.jpg")
+    assert proc.returncode == 2 and "ending in .png" in proc.stderr
+    assert not list(isolated.glob("mi.*"))
 
 
 def test_cvae_label_accuracy_by_a_judge(trained, cli, isolated):

@@ -27,7 +27,7 @@ def found_here(name: str, data_dir=None) -> str:
     kind = get_dataset(name).kind
     if kind == "toy":
         return "built in"
-    if name == "numbers":
+    if name in ("numbers", "shapes"):
         return "generated"
     if name == "folder":
         return "your --data DIR"

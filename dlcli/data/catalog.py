@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 MNIST_DIGITS = tuple(str(i) for i in range(10))
 RESIZE_MODES = ("center-crop", "pad", "stretch")  # how a folder's images are brought to one size
+SHAPES_GRIDS = ("full", "small")  # the factor grids of `shapes` (dlcli.data.shapes.GRIDS)
+SHAPES_IMAGE_SIZES = (64, 32)  # the sizes `shapes` is drawn at
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,13 @@ class DatasetInfo:
     mean: tuple[float, ...] = ()  # per-channel mean and std of the training pixels in [0, 1]
     std: tuple[float, ...] = ()
     by_name: bool = True  # chosen with --dataset NAME; a folder is chosen with --data DIR
+    factors: tuple[str, ...] = ()  # its known factors of variation, where it has them
 
 
 _DATASETS: dict[str, DatasetInfo] = {}
+# shapes' pixel statistics at the full grid and 64 px (dlcli.data.shapes.pixel_statistics,
+# exact: the loader computes them for the grid and size asked for)
+MEAN_SHAPES, STD_SHAPES = (0.01951,), (0.13351,)
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
@@ -48,6 +54,19 @@ def get_dataset(name: str) -> DatasetInfo:
 
 def list_datasets(kind: str | None = None) -> list[DatasetInfo]:
     return [d for d in _DATASETS.values() if kind is None or d.kind == kind]
+
+
+def check_shapes_keys(config: dict) -> tuple[str, int]:
+    """The `shapes` grid and image size a config asks for, refused unless dlcli draws them."""
+    from dlcli.errors import DlcliError
+
+    grid = config.get("shapes_grid") or "full"
+    if grid not in SHAPES_GRIDS:
+        raise DlcliError(f"unknown shapes_grid {grid!r}; choose one of: {', '.join(SHAPES_GRIDS)}")
+    size = config.get("image_size") or 64
+    if size not in SHAPES_IMAGE_SIZES:
+        raise DlcliError(f"shapes are drawn at image_size 64 or 32, got {size!r}")
+    return grid, size
 
 
 def names_of_kinds(kinds) -> tuple[str, ...]:
@@ -72,6 +91,11 @@ register_dataset(DatasetInfo(
     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     "cifar-10-binary.tar.gz: --data-dir, $DLCLI_DATA_DIR, the cache, a download",
     (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))
+register_dataset(DatasetInfo(
+    "shapes", "image", "sprites over 5 known factors, on the dSprites grid (Matthey et al., 2017)",
+    (1, 64, 64), ("square", "ellipse", "heart"),
+    "generated (shapes_grid: full | small; image_size: 64 | 32)", MEAN_SHAPES, STD_SHAPES,
+    factors=("shape", "scale", "orientation", "x", "y")))
 # Your own images: shape and classes are found in the folder (and kept in the checkpoint).
 register_dataset(DatasetInfo(
     "folder", "image", "your own images: --data DIR (class subfolders give the labels)",

@@ -4,8 +4,9 @@ This is the one place the rest of dlcli learns what an image dataset is. Models 
 read `shape`, `classes` and the normalisation from an ImageData (or from a checkpoint's
 metadata, which holds the same), never from a dataset's name.
 
-All splits index one array of pixels, which may be memory-mapped from a cache file: a
-split is a tensor of row indices, so holding one out copies nothing.
+All splits index one array of pixels, which may be memory-mapped from a cache file, or
+drawn when indexed (`shapes`, dlcli.data.shapes.ShapeImages): a split is a tensor of row
+indices, so holding one out copies nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ class ImageData:
     std: tuple[float, ...]
     digest: str | None  # the source's own fingerprint (a folder's cache key), or None
     val: torch.Tensor | None = None  # the source's own validation rows; None: the task holds some out
+    # Data whose factors of variation are known (shapes): each row's factor indices (N, K),
+    # the factors' names and how many values each takes; None where they are not known.
+    factors: torch.Tensor | None = None
+    factor_names: list[str] | None = None
+    factor_sizes: list[int] | None = None
 
     @property
     def sha256(self) -> str:
@@ -68,6 +74,10 @@ def load_image_data(config: dict, data_dir=None) -> ImageData:
     if info.kind != "image":
         names = ", ".join(d.name for d in list_datasets("image"))
         raise DlcliError(f"{name!r} is not an image dataset; choose one of: {names}")
+    if name == "shapes":
+        from dlcli.data.shapes import load_shapes
+
+        return load_shapes(config)
     if name == "cifar10":
         from dlcli.data.cifar import load_cifar10
 

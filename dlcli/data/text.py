@@ -204,8 +204,19 @@ def load_corpus(config: dict, data_dir=None) -> Corpus:
 
 # ---- tokenizer ---------------------------------------------------------------------------
 
-def train_tokenizer(texts, vocab_size: int):
-    """A joint BPE over both languages. Digits are split one by one (numbers generalise)."""
+def train_tokenizer(texts, vocab_size: int, merges: int = 0):
+    """A joint BPE over both languages. Digits are split one by one (numbers generalise).
+
+    merges > 0 asks for that many merge operations instead of a vocabulary size, as
+    subword-nmt's `learn_bpe.py -s N` (the Multi30k papers' "10,000 merges"): the
+    vocabulary is then the specials, the alphabet of the text and one token per merge."""
+    if merges:
+        alphabet = _new_tokenizer(texts, 1).get_vocab_size()  # specials + characters only
+        return _new_tokenizer(texts, alphabet + merges)
+    return _new_tokenizer(texts, vocab_size)
+
+
+def _new_tokenizer(texts, vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -218,6 +229,13 @@ def train_tokenizer(texts, vocab_size: int):
                                   show_progress=False)
     tok.train_from_iterator(texts, trainer)
     return tok
+
+
+def merge_count(tokenizer) -> int:
+    """How many BPE merges the tokenizer holds."""
+    import json
+
+    return len(json.loads(tokenizer.to_str())["model"]["merges"])
 
 
 def tokenizer_from_json(text: str, source="the checkpoint"):
@@ -237,3 +255,67 @@ def encode(tokenizer, sentences: list[str]) -> list[list[int]]:
 def decode(tokenizer, ids_list) -> list[str]:
     """Token ids -> text; a skipped <unk> leaves no double space behind."""
     return [" ".join(text.split()) for text in tokenizer.decode_batch(ids_list)]
+
+
+# ---- text as the model sees it: lowercased, Moses-tokenized -----------------------------
+
+def _sacremoses():
+    try:
+        import sacremoses
+    except ImportError:
+        raise DlcliError("moses: true needs the sacremoses package: pip install 'dlcli[moses]' "
+                         "(or set moses: false)") from None
+    return sacremoses
+
+
+class TextForm:
+    """How sentences are prepared before BPE, and translations finished after it.
+
+    The Multi30k papers train on lowercased, Moses-tokenized text ("a man , in a hat .")
+    and score that form. `lowercase` and `moses` (config keys) do the same to the training
+    text, to each sentence `translate` gets, and undo the tokenization of the output with
+    Moses' detokenizer, so that what comes out is ordinary text (lowercased, if trained so).
+    Moses escaping (&quot;) is off: the BPE sees the characters themselves. The tokenizer
+    stored in a checkpoint is the BPE alone; these two keys travel in its config."""
+
+    def __init__(self, lowercase: bool = False, moses: bool = False, source_lang: str = "de",
+                 target_lang: str = "en"):
+        self.lowercase, self.moses = lowercase, moses
+        self.langs = {"source": source_lang, "target": target_lang}
+        self.tokenizers, self.detokenizer = {}, None
+        if moses:
+            sacremoses = _sacremoses()
+            self.tokenizers = {side: sacremoses.MosesTokenizer(lang)
+                               for side, lang in self.langs.items()}
+            self.detokenizer = sacremoses.MosesDetokenizer(target_lang)
+
+    @classmethod
+    def of(cls, config: dict) -> "TextForm":
+        return cls(bool(config.get("lowercase")), bool(config.get("moses")),
+                   config.get("source_lang", "de"), config.get("target_lang", "en"))
+
+    @property
+    def plain(self) -> bool:
+        return not (self.lowercase or self.moses)
+
+    def prepare(self, sentences: list[str], side: str = "source") -> list[str]:
+        """Sentences of one side ("source" or "target") in the form the BPE was trained on."""
+        if self.plain:
+            return sentences
+        out = sentences
+        if self.moses:
+            tokenizer = self.tokenizers[side]
+            out = [tokenizer.tokenize(s, escape=False, return_str=True) for s in out]
+        return [s.lower() for s in out] if self.lowercase else out
+
+    def finish(self, sentences: list[str]) -> list[str]:
+        """Translations back to ordinary text: Moses-detokenized when trained tokenized."""
+        if not self.moses:
+            return sentences
+        return [self.detokenizer.detokenize(s.split()) for s in sentences]
+
+
+def moses_tokenized(sentences: list[str], lang: str) -> list[str]:
+    """Moses tokenization of `lang` (no escaping), as the Multi30k papers score."""
+    tokenizer = _sacremoses().MosesTokenizer(lang)
+    return [tokenizer.tokenize(s, escape=False, return_str=True) for s in sentences]

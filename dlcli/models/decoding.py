@@ -125,8 +125,11 @@ def beam_search(model, src, beam: int, max_len: int, alpha: float, n_best: int =
 
 
 class Translator:
-    def __init__(self, model, tokenizer, alpha: float = 0.6):
+    form = text.TextForm()  # lowercasing and Moses tokenization around the BPE: none
+
+    def __init__(self, model, tokenizer, alpha: float = 0.6, form: text.TextForm | None = None):
         self.model, self.tokenizer, self.alpha = model, tokenizer, alpha
+        self.form = form or text.TextForm()
         self.max_positions = model.max_positions
         self.warned_unknown = self.warned_long = False
 
@@ -149,6 +152,7 @@ class Translator:
                          f"its first {self.max_chars:,} (further such lines are not reported)")
                     self.warned_long = True
                 sentences = sentences[:i] + [sentence[:self.max_chars]] + sentences[i + 1:]
+        sentences = self.form.prepare(sentences)
         encodings = self.tokenizer.encode_batch(sentences, add_special_tokens=False)
         for i, encoding in enumerate(encodings):
             ids = encoding.ids
@@ -184,7 +188,7 @@ class Translator:
             found = self.search([rows[j] for j in chunk], beam, max_len, n_best)
             for j, hyps in zip(chunk, found):
                 for h in hyps:
-                    h.text = text.decode(self.tokenizer, [h.ids])[0]
+                    h.text = self.form.finish(text.decode(self.tokenizer, [h.ids]))[0]
                 results[todo[j]] = hyps
             start = end
         return results

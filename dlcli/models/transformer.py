@@ -8,6 +8,7 @@ length, D model width, H heads. Masks are booleans where True means "may attend"
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -75,10 +76,10 @@ class MultiHeadAttention(nn.Module):
 class FeedForward(nn.Module):
     """FFN(x) = max(0, x W1 + b1) W2 + b2, applied to each position alike."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float):
+    def __init__(self, d_model: int, d_ff: int, activation_dropout: float):
         super().__init__()
         self.w1, self.w2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(activation_dropout)  # on the ReLU's output
 
     def forward(self, x):
         return self.w2(self.dropout(F.relu(self.w1(x))))
@@ -110,12 +111,22 @@ class Residual(nn.Module):
         return self.norm(x + self.dropout(sublayer(x)))
 
 
+class Dropouts(NamedTuple):
+    """Where dropout applies. The paper has one rate (P_drop) on each sublayer's output and
+    on the embeddings; fairseq adds separate rates on the attention weights and inside the
+    feed-forward network (--attention-dropout, --activation-dropout), which its small
+    recipes leave at 0 while `residual` is as high as 0.3."""
+    residual: float
+    attention: float
+    activation: float
+
+
 class EncoderLayer(nn.Module):
-    def __init__(self, d_model, heads, d_ff, dropout, pre_norm):
+    def __init__(self, d_model, heads, d_ff, dropout: Dropouts, pre_norm):
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout)
-        self.ffn = FeedForward(d_model, d_ff, dropout)
-        self.res1, self.res2 = (Residual(d_model, dropout, pre_norm) for _ in range(2))
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout.attention)
+        self.ffn = FeedForward(d_model, d_ff, dropout.activation)
+        self.res1, self.res2 = (Residual(d_model, dropout.residual, pre_norm) for _ in range(2))
 
     def forward(self, x, src_mask):
         x = self.res1(x, lambda h: self.self_attn(h, mask=src_mask))
@@ -126,12 +137,13 @@ class DecoderLayer(nn.Module):
     """Masked self-attention (a position sees only earlier ones), attention over the
     encoder output, then the feed-forward network."""
 
-    def __init__(self, d_model, heads, d_ff, dropout, pre_norm):
+    def __init__(self, d_model, heads, d_ff, dropout: Dropouts, pre_norm):
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout)
-        self.cross_attn = MultiHeadAttention(d_model, heads, dropout, cross=True)
-        self.ffn = FeedForward(d_model, d_ff, dropout)
-        self.res1, self.res2, self.res3 = (Residual(d_model, dropout, pre_norm) for _ in range(3))
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout.attention)
+        self.cross_attn = MultiHeadAttention(d_model, heads, dropout.attention, cross=True)
+        self.ffn = FeedForward(d_model, d_ff, dropout.activation)
+        self.res1, self.res2, self.res3 = (Residual(d_model, dropout.residual, pre_norm)
+                                           for _ in range(3))
 
     def forward(self, y, memory, src_mask, cache=None):
         cache = cache if cache is not None else {}
@@ -147,7 +159,9 @@ class Transformer(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 256, heads: int = 8,
                  encoder_layers: int = 3, decoder_layers: int = 3, d_ff: int = 1024,
                  dropout: float = 0.1, tie_embeddings: bool = True, pre_norm: bool = False,
-                 max_positions: int = 256, pad_id: int = 0):
+                 max_positions: int = 256, pad_id: int = 0,
+                 attention_dropout: float | None = None, activation_dropout: float | None = None):
+        """attention_dropout, activation_dropout: None means `dropout`, as in the paper."""
         super().__init__()
         self.d_model, self.pad_id, self.max_positions = d_model, pad_id, max_positions
         self.src_embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
@@ -156,9 +170,11 @@ class Transformer(nn.Module):
         self.register_buffer("positions", sinusoidal_positions(max_positions, d_model),
                              persistent=False)
         self.dropout = nn.Dropout(dropout)
-        self.encoder = nn.ModuleList(EncoderLayer(d_model, heads, d_ff, dropout, pre_norm)
+        rates = Dropouts(dropout, dropout if attention_dropout is None else attention_dropout,
+                         dropout if activation_dropout is None else activation_dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(d_model, heads, d_ff, rates, pre_norm)
                                      for _ in range(encoder_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(d_model, heads, d_ff, dropout, pre_norm)
+        self.decoder = nn.ModuleList(DecoderLayer(d_model, heads, d_ff, rates, pre_norm)
                                      for _ in range(decoder_layers))
         # Pre-norm stacks end with a LayerNorm (their residual stream is never normalised).
         self.enc_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
@@ -228,4 +244,5 @@ def build(config: dict, data: dict) -> Transformer:
         data["vocab_size"], d_model=c["d_model"], heads=c["heads"],
         encoder_layers=c["encoder_layers"], decoder_layers=c["decoder_layers"],
         d_ff=c["d_ff"], dropout=c["dropout"], tie_embeddings=c["tie_embeddings"],
-        pre_norm=c["pre_norm"], max_positions=c["max_len"] + 1, pad_id=data["pad_id"])
+        pre_norm=c["pre_norm"], max_positions=c["max_len"] + 1, pad_id=data["pad_id"],
+        attention_dropout=c.get("attention_dropout"), activation_dropout=c.get("activation_dropout"))

@@ -94,7 +94,7 @@ class Reporter:
         """A picture of the model at the end of `epoch` (images in [0, 1], N x C x H x W)."""
 
     def checkpoint(self, path: Path, role: str) -> None:
-        """A checkpoint was written: role is last, best, epoch or averaged."""
+        """A checkpoint was written: role is last, best, epoch, update or averaged."""
 
     def end(self, end: End) -> None: ...
 

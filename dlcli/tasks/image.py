@@ -110,6 +110,7 @@ class ImageTask(Task):
 
     def build(self) -> None:
         self.data = None  # the ImageData, once loaded
+        self.factor_data = None  # set up with the data, where its factors are known
         self.data_spec = self.describe_data()
         self.class_names = list(self.data_spec["classes"])
         self.classes = len(self.class_names)
@@ -166,6 +167,12 @@ class ImageTask(Task):
         self.test_data = Split(images, labels, test)
         self.data_source = data.source
         self.data_digest = data.digest  # a folder's; the pixels are hashed only when asked
+        self.factor_data = None  # data whose factors of variation are known: measured on them
+        if data.factors is not None:
+            from dlcli.disentanglement import FactorData
+
+            self.factor_data = FactorData(images, data.factors, data.factor_names,
+                                          data.factor_sizes, labels)
         self.data = None  # the splits hold what is needed
 
     def data_sha256(self) -> str:

@@ -29,7 +29,8 @@ def pad_rows(rows: list[list[int]], length: int) -> torch.Tensor:
 
 
 class EncodedSplit:
-    """One split as two padded id tensors: source (ids, EOS) and target (BOS, ids, EOS)."""
+    """One split as two padded id tensors: source (ids, EOS) and target (BOS, ids, EOS),
+    of sentences already in the form the tokenizer was trained on (TextForm)."""
 
     def __init__(self, tokenizer, sources, targets, max_len: int, device):
         src = [ids[:max_len - 1] + [text.EOS] for ids in text.encode(tokenizer, sources)]
@@ -94,13 +95,15 @@ class Seq2SeqTask(Task):
     # ---- model, tokenizer, optimizer -------------------------------------------------
     def build(self) -> None:
         c = self.config
-        self.corpus = None
+        self.corpus, self.prepared = None, {}
+        self.form = text.TextForm.of(c)  # lowercasing, Moses tokenization (sacremoses found?)
         if "tokenizer" in self.meta:
             self.tokenizer = text.tokenizer_from_json(self.meta["tokenizer"])  # checked before
         else:
             self.corpus = text.load_corpus(c, self.data_dir)
-            sources, targets = self.corpus.splits["train"]
-            self.tokenizer = text.train_tokenizer(sources + targets, c["vocab_size"])
+            sources, targets = self.prepared_split("train")
+            self.tokenizer = text.train_tokenizer(sources + targets, c["vocab_size"],
+                                                  c.get("bpe_merges", 0))
         vocabulary = {"vocab_size": self.tokenizer.get_vocab_size(), "pad_id": text.PAD}
         self.model = self.spec.build(c, vocabulary).to(self.device)
         self.modules = {"model": self.model}
@@ -133,7 +136,7 @@ class Seq2SeqTask(Task):
     def translator(self):
         from dlcli.models.decoding import Translator
 
-        return Translator(self.model, self.tokenizer, self.config["length_penalty"])
+        return Translator(self.model, self.tokenizer, self.config["length_penalty"], self.form)
 
     # ---- data ----------------------------------------------------------------------
     def setup_data(self) -> None:
@@ -148,9 +151,17 @@ class Seq2SeqTask(Task):
     def test_items(self) -> int:
         return len(self.corpus.splits["test"][0])
 
+    def prepared_split(self, name: str) -> tuple[list[str], list[str]]:
+        """A split's sentences lowercased and Moses-tokenized as the config asks."""
+        if name not in self.prepared:
+            sources, targets = self.corpus.splits[name]
+            self.prepared[name] = (self.form.prepare(sources, "source"),
+                                   self.form.prepare(targets, "target"))
+        return self.prepared[name]
+
     def split(self, name: str) -> EncodedSplit:
         if name not in self.splits:
-            sources, targets = self.corpus.splits[name]
+            sources, targets = self.prepared_split(name)
             self.splits[name] = EncodedSplit(self.tokenizer, sources, targets,
                                              self.config["max_len"], self.device)
         return self.splits[name]
@@ -199,19 +210,21 @@ class Seq2SeqTask(Task):
         loss = total / max(tokens, 1)
         return {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
 
-    def scores(self, name: str, beam: int) -> dict[str, float]:
-        """Translate a split and score it: sacreBLEU and chrF (detokenized, cased), the
-        lowercased BLEU (how published Multi30k figures are reported) and exact match."""
-        import sacrebleu
-
+    def scores(self, name: str, beam: int, all_scores: bool = False) -> dict:
+        """Translate a split and score it against its references (translation_scores);
+        all_scores: every score and its signature (evaluate), else the two that
+        validation logs."""
         sources, references = self.corpus.splits[name]
         hyps = [h[0].text for h in self.translator().translate(sources, beam=beam)]
-        bleu = sacrebleu.corpus_bleu(hyps, [references]).score
-        bleu_lc = sacrebleu.corpus_bleu(hyps, [references], lowercase=True).score
-        chrf = sacrebleu.corpus_chrf(hyps, [references]).score
-        exact = sum(h == r.strip() for h, r in zip(hyps, references)) / max(len(references), 1)
         self.last_example = (sources[0], hyps[0])
-        return {"bleu": bleu, "chrf": chrf, "bleu_lowercase": bleu_lc, "exact_match": exact}
+        if not all_scores:
+            import sacrebleu
+
+            return {"bleu": sacrebleu.corpus_bleu(hyps, [references]).score,
+                    "exact_match": exact_match(hyps, references)}
+        return translation_scores(hyps, references, self.config.get("target_lang", "en"),
+                                  tokenized=self.config.get("dataset") == "multi30k"
+                                  or bool(self.config.get("moses")))
 
     def validate(self) -> dict[str, float]:
         out = {f"val_{k}": v for k, v in self.loss_on("val").items()}
@@ -221,7 +234,7 @@ class Seq2SeqTask(Task):
         return out
 
     def end_of_epoch(self, epoch: int) -> dict:
-        """No pictures: a translation of the first validation sentence instead (keep_epochs
+        """No pictures: a translation of the first validation sentence instead (average_last
         snapshots and their average are the Checkpointer's)."""
         if getattr(self, "last_example", None):
             notice(f"  {self.last_example[0]}  ->  {self.last_example[1]}")
@@ -237,5 +250,50 @@ class Seq2SeqTask(Task):
         self.train_mode(False)
         loss = self.loss_on("test")
         beam = self.config["beam"]
-        return {**loss, **self.scores("test", beam), "beam": beam,
+        return {**loss, **self.scores("test", beam, all_scores=True), "beam": beam,
                 "sentences": len(self.corpus.splits["test"][0])}
+
+
+def exact_match(hyps: list[str], references: list[str]) -> float:
+    """The share of outputs identical to their reference."""
+    return sum(h == r.strip() for h, r in zip(hyps, references)) / max(len(references), 1)
+
+
+def translation_scores(hyps: list[str], references: list[str], lang: str,
+                       tokenized: bool = True) -> dict:
+    """The scores published translation figures use, side by side (detokenized output):
+
+    bleu                      sacreBLEU, cased, its own 13a tokenization: the WMT standard
+                              (Post, 2018); bleu_signature says exactly how it was computed
+    bleu_lowercase            the same, lowercased (sacreBLEU -lc)
+    bleu_tokenized_lowercase  Moses-tokenized and lowercased reference and output, then BLEU
+                              with no further tokenization (tokenize='none'): what
+                              multi-bleu.perl or fairseq `generate --remove-bpe` report on
+                              the Multi30k papers' lowercased, tokenized text (e.g. Wu et
+                              al., 2021, 41.02 en->de); None without sacremoses
+    chrf                      chrF (Popovic, 2015), cased; chrf_signature
+    exact_match               the share of outputs identical to their reference
+    """
+    import sacrebleu
+
+    bleu = sacrebleu.metrics.BLEU()
+    bleu_lc = sacrebleu.metrics.BLEU(lowercase=True)
+    chrf = sacrebleu.metrics.CHRF()
+    out = {"bleu": bleu.corpus_score(hyps, [references]).score,
+           "bleu_signature": str(bleu.get_signature()),
+           "bleu_lowercase": bleu_lc.corpus_score(hyps, [references]).score,
+           "bleu_lowercase_signature": str(bleu_lc.get_signature()),
+           "bleu_tokenized_lowercase": None,
+           "chrf": chrf.corpus_score(hyps, [references]).score,
+           "chrf_signature": str(chrf.get_signature()),
+           "exact_match": exact_match(hyps, references)}
+    if tokenized:
+        try:
+            prepared = [[s.lower() for s in text.moses_tokenized(side, lang)]
+                        for side in (hyps, references)]
+        except DlcliError:
+            notice("bleu_tokenized_lowercase needs sacremoses: pip install 'dlcli[moses]'")
+        else:
+            plain = sacrebleu.metrics.BLEU(tokenize="none", force=True)
+            out["bleu_tokenized_lowercase"] = plain.corpus_score(prepared[0], [prepared[1]]).score
+    return out

@@ -4,7 +4,9 @@ Training minimises recon + beta * KL (or recon + gamma * |KL - C| with the capac
 annealing of Burgess et al., 2018); every number reported is in nats per image. The
 pictures need no data: the latent units' KL, measured at each validation, travels in
 the checkpoint's metadata, so `sample --grid traverse|manifold` knows which units carry
-information. Only `--grid recon` reads test images.
+information. Only `--grid recon` reads test images. On data whose factors of variation are
+known (`shapes`), validation also measures the MIG, and the factor each unit carries
+travels in the metadata too (`latent_factors`), to label the traversal's rows.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dlcli.tasks.image import ImageTask, interpolation_path, labels_for, to_unit
 ACTIVE_NATS = 0.01  # a latent unit whose average KL is below this carries no information
 TRAVERSE_STEPS = 9  # -3 .. +3 in steps of 0.75, through 0
 EVAL_SEED = 1234  # evaluation noise is fixed, so the same checkpoint gives the same numbers
+FACTORS_KEY = "latent_factors"  # metadata: [factor, normalised MI] of each unit
 
 
 class VAETask(ImageTask):
@@ -34,6 +37,8 @@ class VAETask(ImageTask):
         self.steps = 0  # optimizer steps so far: the clock of the capacity ramp
         # What each latent unit carries (mean KL, nats), from the last validation or checkpoint.
         self.latent_kl = json.loads(self.meta["latent_kl"]) if "latent_kl" in self.meta else None
+        # The factor each unit carries most about, and how much (data with known factors).
+        self.unit_factors = read_unit_factors(self.meta, self.config["latent"])
 
     def build_optimizers(self) -> None:
         self.optimizers = {"model": make_optimizer(self.model.parameters(), self.config)}
@@ -110,11 +115,31 @@ class VAETask(ImageTask):
                "val_active_units": float(m["active_units"])}
         if self.config["capacity"] > 0:
             out["capacity"] = self.capacity()
+        if self.factor_data is not None:
+            out["val_mig"] = self.measure_factors()
         return out
 
     def checkpoint_extra(self) -> dict[str, str]:
         kl = {"latent_kl": json.dumps(self.latent_kl)} if self.latent_kl else {}
+        if self.unit_factors:
+            kl[FACTORS_KEY] = json.dumps(self.unit_factors)
         return {**super().checkpoint_extra(), **kl}
+
+    # ---- disentanglement (data with known factors) ------------------------------------
+    @torch.no_grad()
+    def mean_codes(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The code of each image: the encoder's mean, mu(x), as disentanglement_lib takes it."""
+        x = to_unit_float(images.to(self.device))[0]
+        y = self.labels(labels.to(self.device)) if labels is not None else None
+        return self.model.encode(x, y)[0].float()
+
+    def measure_factors(self) -> float:
+        """The MIG on the data's factors; each unit's factor is kept for the checkpoint."""
+        from dlcli.disentanglement import mig, unit_factors
+
+        score, normalised = mig(self.mean_codes, self.factor_data)
+        self.unit_factors = unit_factors(normalised, self.factor_data.names)
+        return score
 
     def end_of_epoch(self, epoch: int) -> dict:
         """samples/epoch-NNN.png from the same noise every epoch (so the grids show the
@@ -151,6 +176,11 @@ class VAETask(ImageTask):
                "iwae_nll": nll / len(self.test_data), "iwae_k": iwae_k,
                "active_units": m["active_units"], "latent": self.config["latent"],
                "kl_per_unit": m["kl_per_unit"]}
+        if self.factor_data is not None:  # data with known factors (shapes)
+            from dlcli.disentanglement import disentanglement_metrics
+
+            active = torch.tensor(m["kl_per_unit"]) > ACTIVE_NATS
+            out.update(disentanglement_metrics(self.mean_codes, self.factor_data, active))
         if judge is not None:
             out.update(self.judge_labels(judge, samples))
         elif self.conditional:
@@ -244,6 +274,10 @@ class VAETask(ImageTask):
                         below="each pair of rows: test images, then their reconstructions")
 
     def unit_name(self, j: int) -> str:
+        """z3 (KL 2.10 nats); on data with known factors, z3: x (MI 0.71)."""
+        if self.unit_factors:
+            factor, mi = self.unit_factors[j]
+            return f"z{j}: {factor} (MI {mi:.2f})"
         return f"z{j}" + (f" (KL {self.latent_kl[j]:.2f} nats)" if self.latent_kl else "")
 
     def networks(self) -> dict:
@@ -378,3 +412,23 @@ class VAETask(ImageTask):
                 if label != "all" else (torch.arange(self.classes, device=self.device), 0)
             labels = per_row.repeat_interleave(steps)
         return self.decode_standard(eps, labels), steps
+
+
+def read_unit_factors(meta: dict, latent: int) -> list | None:
+    """A checkpoint's [factor, normalised MI] per unit, refused unless it is what dlcli
+    writes (the traversal's captions are built from it); None when it has none."""
+    if FACTORS_KEY not in meta:
+        return None
+    try:
+        table = json.loads(meta[FACTORS_KEY])
+        ok = (isinstance(table, list) and len(table) == latent
+              and all(isinstance(row, list) and len(row) == 2 and isinstance(row[0], str)
+                      and len(row[0]) <= 64 and isinstance(row[1], (int, float))
+                      and math.isfinite(row[1]) for row in table))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise DlcliError(f"the checkpoint's {FACTORS_KEY} metadata is not what dlcli writes (a "
+                         f"damaged or edited file): it must give [factor, MI] for each of the "
+                         f"{latent} latent units")
+    return table

@@ -1,0 +1,61 @@
+"""CPU cost of one training update of a preset: user and system seconds, and page faults.
+
+  python benchmarks/update_cost.py PRESET [--precision 32] [--steps 8] [--data-dir DIR]
+
+Builds the task as `dlcli train` does, takes two updates to warm up, then times `--steps`
+more (the same batches every run, so precisions compare like for like). CPU seconds, not
+wall time: on a shared machine they stay comparable. Run it with
+MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=17179869184 to see what glibc's returning of
+large buffers to the system costs (the system seconds and page faults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+
+import torch
+
+from dlcli.config import resolve_config
+from dlcli.registry import get_spec
+from dlcli.runtime import precision_context
+from dlcli.train import prepare_task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset")
+    parser.add_argument("--precision", default="32")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--data-dir", default="../shared/data")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    config = resolve_config(get_spec_name(args.preset), args.preset)
+    spec = get_spec(config["model"])
+    task, precision = prepare_task(spec, config, torch.device("cpu"), args.data_dir, None,
+                                   args.precision)
+    task.train_mode(True)
+    batches = task.train_batches(0)
+    autocast = precision_context(task.device, precision)
+    for i in range(2 + args.steps):
+        if i == 2:
+            before, times = resource.getrusage(resource.RUSAGE_SELF), os.times()
+        with autocast:
+            task.train_step(batches[i])
+    after, end = resource.getrusage(resource.RUSAGE_SELF), os.times()
+    n = args.steps
+    faults = (after.ru_minflt - before.ru_minflt) / n
+    print(f"{args.preset} {precision}: user {(end.user - times.user) / n:.2f} s, system "
+          f"{(end.system - times.system) / n:.2f} s, {faults:,.0f} page faults "
+          f"({faults * 4096 / 2**20:,.0f} MiB) an update")
+
+
+def get_spec_name(preset: str) -> str:
+    from dlcli.config import preset_path, preset_values
+
+    return str(preset_values(preset_path(preset))["model"])
+
+
+if __name__ == "__main__":
+    main()
