@@ -45,6 +45,8 @@ IMAGE_SIZES = (8, 4096)  # smaller holds nothing to learn; larger is not what th
 # Keys added to a model's schema after checkpoints were written without them: such a
 # checkpoint reads as these values, which give the behaviour it was trained with.
 KEYS_ADDED_LATER = {  # key: value, or {model: value}
+    "schedule": "exponential",  # the VAEs: lr *= lr_decay after each epoch, before the key
+    "kl_warmup": 0.0, "free_bits": 0.0, "iwae_samples": 1,  # the VAEs: off
     "loss": "nonsaturating",  # GANs
     "d_norm": {"dcgan": "batch", "gan": "none", "cgan": "none"},
     "r1": 0.0,
@@ -68,11 +70,12 @@ NUMBER_RULES = {
     **dict.fromkeys(("epochs", "batch_size", "latent", "latent_dim", "hidden", "g_hidden",
                      "d_hidden", "channels", "width", "d_model", "d_ff", "heads",
                      "encoder_layers", "decoder_layers", "beam", "train_size", "pack",
-                     "vocab_size"), AT_LEAST_1),
+                     "vocab_size", "iwae_samples"), AT_LEAST_1),
     # temperature/truncation 0: sample the mean
     **dict.fromkeys(("val_size", "average_last", "average_every", "bpe_merges", "warmup",
                      "weight_decay", "clip_norm", "beta", "capacity", "capacity_epochs",
-                     "gamma", "length_penalty", "temperature", "truncation", "r1"), AT_LEAST_0),
+                     "gamma", "length_penalty", "temperature", "truncation", "kl_warmup",
+                     "free_bits", "r1"), AT_LEAST_0),
     **dict.fromkeys(("lr", "lr_decay", "d_lr_scale"), POSITIVE),
     **dict.fromkeys(("dropout", "attention_dropout", "activation_dropout", "d_dropout",
                      "label_smoothing", "momentum", "ema", "beta1", "beta2", "val_fraction"),

@@ -55,6 +55,9 @@ def test_every_bundled_preset_resolves():
     ("transformer", "heads=3", "d_model (128) must be a multiple of heads (3)"),
     ("transformer", "max_len=0", "max_len must be at least 2"),
     ("vae", "val_size=-3", "val_size must be 0 or more"),
+    ("vae", "free_bits=-0.5", "free_bits must be 0 or more"),
+    ("vae", "kl_warmup=-1", "kl_warmup must be 0 or more"),
+    ("vae", "iwae_samples=0", "iwae_samples must be at least 1"),
 ])
 def test_values_a_model_cannot_use_are_refused_by_name(model, override, message):
     """Each of these used to fail deep inside torch (exit 1, "unexpected failure") or to

@@ -99,6 +99,62 @@ def test_capacity_ramps_linearly_and_replaces_beta():
     assert float(task.objective(recon, kl)) == pytest.approx(100 + 2 * 3)
 
 
+def test_kl_warmup_ramps_beta_and_free_bits_floor_each_unit():
+    import torch
+
+    from dlcli.config import resolve_config
+    from dlcli.registry import get_spec
+    from dlcli.tasks.vae import VAETask
+
+    config = resolve_config("vae", None, ["kl_warmup=2.0", "free_bits=0.5", "batch_size=10"],
+                            epochs=4)
+    task = VAETask(get_spec("vae"), config, torch.device("cpu"))
+    task.train_data = torch.zeros(100)  # 10 steps an epoch: the warm-up takes 20
+    task.steps = 5
+    assert task.kl_weight() == pytest.approx(0.25)
+    task.steps = 60
+    assert task.kl_weight() == pytest.approx(1.0)  # then it stays at beta
+    kl = torch.tensor([0.1, 2.0], requires_grad=True)
+    paid = task.kl_paid(kl)
+    paid.backward()
+    assert paid.item() == pytest.approx(0.5 + 2.0)
+    assert kl.grad.tolist() == [0.0, 1.0]  # nothing pushes a unit below its free bits
+
+
+def test_iwae_training_steps_on_the_tighter_bound():
+    import torch
+
+    from dlcli.config import resolve_config
+    from dlcli.errors import DlcliError
+    from dlcli.registry import get_spec
+    from dlcli.tasks.vae import VAETask
+
+    torch.manual_seed(0)
+    config = resolve_config("vae", None, ["iwae_samples=8", "hidden=[16]", "latent=3",
+                                          "schedule=cosine", "kl_warmup=0"], epochs=1)
+    task = VAETask(get_spec("vae"), config, torch.device("cpu"))
+    task.schedule.total_steps = 2
+    x = torch.rand(16, 1, 28, 28).round()
+    logs = task.train_step((x, torch.zeros(16, dtype=torch.long)))
+    # -log mean w < -mean log w: the loss is the k-sample bound, not the ELBO of its draws
+    assert logs["loss"] < logs["nelbo"] and logs["nelbo"] == pytest.approx(logs["recon"] + logs["kl"])
+    task.train_step((x, torch.zeros(16, dtype=torch.long)))
+    assert task.optimizers["model"].param_groups[0]["lr"] == pytest.approx(0.0)  # cosine's end
+    beta = resolve_config("beta-vae", None, ["iwae_samples=8"])
+    with pytest.raises(DlcliError, match="use it with beta=1"):
+        VAETask(get_spec("beta-vae"), beta, torch.device("cpu"))
+
+
+def test_checkpoints_from_before_the_training_options_train_as_they_did():
+    from dlcli.config import config_against_schema, resolve_config
+
+    old = {k: v for k, v in resolve_config("vae").items()
+           if k not in ("schedule", "kl_warmup", "free_bits", "iwae_samples")}
+    config = config_against_schema("vae", old)
+    assert (config["schedule"], config["kl_warmup"], config["free_bits"],
+            config["iwae_samples"]) == ("exponential", 0.0, 0.0, 1)
+
+
 # ---- training and evaluation ----------------------------------------------------------
 
 def test_training_writes_pictures_metrics_and_latent_kl(trained):
@@ -327,6 +383,7 @@ def test_conv_variant_trains_a_step():
         config = resolve_config(model, "vae-conv" if model == "vae" else None,
                                 ["arch=conv", "channels=4", "hidden=[16]", "latent=3"])
         task = VAETask(get_spec(model), config, torch.device("cpu"))
+        task.train_data = torch.zeros(8)  # one step an epoch, for the KL warm-up's clock
         x = torch.rand(8, 1, 28, 28)
         logs = task.train_step((x, torch.arange(8) % 10))
         assert math.isfinite(logs["loss"]) and logs["nelbo"] > 0

@@ -180,22 +180,34 @@ def log_normal(z: torch.Tensor, mu=None, logvar=None) -> torch.Tensor:
     return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
 
 
-@torch.no_grad()
-def iwae_nll(model: VAE, x: torch.Tensor, y=None, k: int = 100, generator=None) -> torch.Tensor:
-    """-log p(x) estimated with k importance samples (Burda et al., 2016), (N,) nats:
-
-        log p(x) >= log 1/k sum_i p(x | z_i) p(z_i) / q(z_i | x),   z_i ~ q(z | x)
-
-    k = 1 is the ELBO; the bound tightens as k grows."""
+def log_weights(model: VAE, x: torch.Tensor, y=None, k: int = 1, generator=None):
+    """The two parts of log w_i = log p(x | z_i) + [log p(z_i) - log q(z_i | x)] for k draws
+    z_i ~ q(z | x) per image, each (k, N) (Burda et al., 2016, eq. 8): the reconstruction's
+    log-likelihood and the prior-over-posterior term (minus a one-sample KL estimate)."""
     mu, logvar = model.encode(x, y)
     n, d = mu.shape
     eps = torch.randn((k, n, d), generator=generator, device=mu.device, dtype=mu.dtype)
     z = mu + torch.exp(0.5 * logvar) * eps  # (k, N, d)
     labels = None if y is None else y.repeat(k)
-    logits = model.decode(z.reshape(k * n, d), labels)
+    logits = model.decode(z.reshape(k * n, d), labels).float()
     log_px_z = -reconstruction_nats(logits, x.repeat(k, 1, 1, 1)).view(k, n)
-    log_w = log_px_z + log_normal(z, *model.prior_stats(y)) - log_normal(z, mu, logvar)
-    return -(torch.logsumexp(log_w, 0) - math.log(k))
+    z, mu, logvar = z.float(), mu.float(), logvar.float()
+    prior = [None if s is None else s.float() for s in model.prior_stats(y)]
+    return log_px_z, log_normal(z, *prior) - log_normal(z, mu, logvar)
+
+
+def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
+    """log 1/k sum_i w_i from (k, N) log-weights: a lower bound on log p(x) per image, (N,).
+    k = 1 is the ELBO; the bound tightens as k grows."""
+    return torch.logsumexp(log_w, 0) - math.log(len(log_w))
+
+
+@torch.no_grad()
+def iwae_nll(model: VAE, x: torch.Tensor, y=None, k: int = 100, generator=None) -> torch.Tensor:
+    """-log p(x) estimated with k importance samples (Burda et al., 2016), (N,) nats:
+
+        log p(x) >= log 1/k sum_i p(x | z_i) p(z_i) / q(z_i | x),   z_i ~ q(z | x)"""
+    return -iwae_bound(sum(log_weights(model, x, y, k, generator)))
 
 
 def build(config: dict, data: dict, classes: int = 0) -> VAE:

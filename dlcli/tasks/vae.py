@@ -1,8 +1,21 @@
 """The VAE family (vae, cvae, beta-vae): train on the ELBO, measure it, draw its pictures.
 
 Training minimises recon + beta * KL (or recon + gamma * |KL - C| with the capacity
-annealing of Burgess et al., 2018); every number reported is in nats per image. The
-pictures need no data: the latent units' KL, measured at each validation, travels in
+annealing of Burgess et al., 2018); every number reported is in nats per image. Options
+that buy a better likelihood, each a preset key (the first three off at 0, or 1):
+
+    kl_warmup     beta rises linearly from 0 over this many epochs, so the decoder learns
+                  to use z before the KL can switch units off (Sønderby et al., 2016;
+                  Bowman et al., 2016)
+    free_bits     each unit's KL (batch mean) is paid as max(free_bits, KL_j): below that
+                  many nats a unit is free to carry information (Kingma et al., 2016, the
+                  IAF paper, "free bits")
+    iwae_samples  k > 1 trains on the importance-weighted bound log 1/k sum_i w_i instead
+                  of the ELBO (Burda et al., 2016)
+    schedule      exponential (lr *= lr_decay after each epoch) | cosine (per step, to 0)
+                  | constant
+
+The pictures need no data: the latent units' KL, measured at each validation, travels in
 the checkpoint's metadata, so `sample --grid traverse|manifold` knows which units carry
 information. Only `--grid recon` reads test images. On data whose factors of variation are
 known (`shapes`), validation also measures the MIG, and the factor each unit carries
@@ -34,7 +47,8 @@ class VAETask(ImageTask):
         self.conditional = self.spec.conditional
         self.model = self.spec.build(self.config, self.data_spec).to(self.device)
         self.modules = {"model": self.model}
-        self.steps = 0  # optimizer steps so far: the clock of the capacity ramp
+        self.steps = 0  # optimizer steps so far: the clock of the capacity and KL ramps
+        self.schedule = None  # made for training only
         # What each latent unit carries (mean KL, nats), from the last validation or checkpoint.
         self.latent_kl = json.loads(self.meta["latent_kl"]) if "latent_kl" in self.meta else None
         # The factor each unit carries most about, and how much (data with known factors).
@@ -42,23 +56,48 @@ class VAETask(ImageTask):
 
     def build_optimizers(self) -> None:
         self.optimizers = {"model": make_optimizer(self.model.parameters(), self.config)}
-        # the VAE presets' schedule: lr *= lr_decay after every epoch
-        self.schedule = Schedule(self.optimizers["model"], {**self.config, "schedule": "exponential"})
+        self.schedule = Schedule(self.optimizers["model"], self.config)
         self.schedulers = {"model": self.schedule.scheduler}
+        c = self.config
+        if c["iwae_samples"] > 1 and (c["beta"] != 1 or c["capacity"] or c["free_bits"]):
+            raise DlcliError("iwae_samples > 1 trains the importance-weighted bound, which has "
+                             "no KL term of its own to weight: use it with beta=1, capacity=0, "
+                             "free_bits=0")
+
+    def setup_data(self) -> None:
+        super().setup_data()
+        if self.schedule is not None:  # the cosine schedule needs the run's length in steps
+            self.schedule.total_steps = self.steps_per_epoch() * self.config["epochs"]
 
     # ---- training ---------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_data) / self.config["batch_size"])
+
     def capacity(self) -> float:
         """Burgess et al.'s target KL, ramped linearly from 0 to `capacity` nats."""
         c = self.config
-        steps_per_epoch = math.ceil(len(self.train_data) / c["batch_size"])
-        ramp = (c["capacity_epochs"] or c["epochs"]) * steps_per_epoch
+        ramp = (c["capacity_epochs"] or c["epochs"]) * self.steps_per_epoch()
         return c["capacity"] * min(1.0, self.steps / max(ramp, 1))
+
+    def kl_weight(self) -> float:
+        """beta, after the KL warm-up: linear from 0 over the first kl_warmup epochs."""
+        c = self.config
+        if not c["kl_warmup"]:
+            return c["beta"]
+        return c["beta"] * min(1.0, self.steps / (c["kl_warmup"] * self.steps_per_epoch()))
+
+    def kl_paid(self, kl_per_unit: torch.Tensor) -> torch.Tensor:
+        """The KL the objective charges, from each unit's batch-mean KL: all of it, or with
+        free bits max(free_bits, KL_j) per unit (no gradient pushes a unit below it)."""
+        if self.config["free_bits"]:
+            return kl_per_unit.clamp(min=self.config["free_bits"]).sum()
+        return kl_per_unit.sum()
 
     def objective(self, recon: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         c = self.config
         if c["capacity"] > 0:
             return recon + c["gamma"] * (kl - self.capacity()).abs()
-        return recon + c["beta"] * kl
+        return recon + self.kl_weight() * kl
 
     def labels(self, y: torch.Tensor):
         return y if self.conditional else None
@@ -71,14 +110,34 @@ class VAETask(ImageTask):
         from dlcli.models.vae import reconstruction_nats
 
         x, y = self.batch_labels(batch)
+        if self.config["iwae_samples"] > 1:
+            return self.iwae_step(x, y)
         logits, mu, logvar = self.model(x, y)  # under the loop's autocast when precision asks
         recon = reconstruction_nats(logits.float(), x).mean()
-        kl = self.model.kl(mu.float(), logvar.float(), y).sum(1).mean()
-        loss = self.objective(recon, kl)
+        kl_per_unit = self.model.kl(mu.float(), logvar.float(), y).mean(0)
+        loss = self.objective(recon, self.kl_paid(kl_per_unit))
         self.optimize(loss, self.optimizers["model"])
-        self.steps += 1
-        recon, kl = recon.item(), kl.item()
+        self.after_step()
+        recon, kl = recon.item(), kl_per_unit.sum().item()
         return {"loss": loss.item(), "nelbo": recon + kl, "recon": recon, "kl": kl}
+
+    def iwae_step(self, x, y) -> dict[str, float]:
+        """One step on the importance-weighted bound with k = iwae_samples draws per image
+        (Burda et al., 2016); nelbo, recon and kl are means over the k draws (the KL a
+        one-sample estimate, log q(z | x) - log p(z))."""
+        from dlcli.models.vae import iwae_bound, log_weights
+
+        log_px_z, log_pz_qz = log_weights(self.model, x, y, self.config["iwae_samples"])
+        # the KL warm-up scales the prior-over-posterior part, as it scales the ELBO's KL
+        loss = -iwae_bound(log_px_z + self.kl_weight() * log_pz_qz).mean()
+        self.optimize(loss, self.optimizers["model"])
+        self.after_step()
+        recon, kl = -log_px_z.mean().item(), -log_pz_qz.mean().item()
+        return {"loss": loss.item(), "nelbo": recon + kl, "recon": recon, "kl": kl}
+
+    def after_step(self) -> None:
+        self.steps += 1
+        self.schedule.after_step()
 
     def training_state(self) -> dict:
         return {**super().training_state(), "steps": self.steps}
