@@ -118,6 +118,11 @@ register(ModelSpec(
     "beta-VAE: KL weighted by beta for disentangled latents (traversal grids)",
     builder="dlcli.models.vae:build", grids=("samples", "traverse", "recon"),
 ))
+register(ModelSpec(
+    "beta-tcvae", "vae", "dlcli.tasks.vae:BetaTCVAETask", "mnist", ("image",),
+    "beta-TCVAE: beta on the total correlation alone (Chen et al., 2018)",
+    builder="dlcli.models.vae:build", grids=("samples", "traverse", "recon"),
+))
 
 _GAN = "dlcli.tasks.gan:GANTask"
 register(ModelSpec(

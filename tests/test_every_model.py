@@ -30,6 +30,7 @@ TINY = {
     "vae": ["hidden=[8]", "latent=2"],
     "cvae": ["hidden=[8]", "latent=2"],
     "beta-vae": ["hidden=[8]", "latent=2"],
+    "beta-tcvae": ["hidden=[8]", "latent=2"],
 }
 VARIANTS = {"vae-conv": ("vae", ["arch=conv", "channels=2", "hidden=[8]", "latent=2"]),
             "cvae-conv": ("cvae", ["arch=conv", "channels=2", "hidden=[]", "latent=2"])}

@@ -63,7 +63,7 @@ def test_global_options_after_the_command_move_in_front(argv, expected):
 
 
 def test_threads_after_the_command_works():
-    assert run_cli("presets", "list", "--threads", "1", check=0).stdout.startswith("beta-vae")
+    assert run_cli("presets", "list", "--threads", "1", check=0).stdout.startswith("beta-tcvae")
     bad = run_cli("presets", "list", "--threads", "0", check=2)
     assert bad.stderr.strip() == "error: --threads must be positive, got 0"
 
@@ -73,7 +73,8 @@ def test_completion_callbacks_offer_registry_names():
     assert complete_dataset("f") == ["fashion-mnist"]
     assert {"mnist", "xor", "numbers", "multi30k"} <= set(complete_dataset(""))
     presets = dict(complete_preset("vae"))
-    assert set(presets) == {"vae", "vae-conv", "vae-conv-64", "vae-tutorial"} and all(presets.values())
+    assert set(presets) == {"vae", "vae-conv", "vae-conv-64", "vae-shapes", "vae-tutorial"} \
+        and all(presets.values())
 
 
 def test_shell_completion_end_to_end():

@@ -113,6 +113,13 @@ COMMANDS = [
                 "&& head -c 4 mi.png | od -c",
             out=r'(?s)"mig": .*"factor_vae_score": .*"latent_factors": .*P   N   G', slow=True),
     Command("dlcli sample beta-vae --grid traverse", out=PNG, slow=True),
+    Command("dlcli train beta-tcvae --preset beta-tcvae-shapes",
+            run="dlcli train beta-tcvae --preset beta-tcvae-shapes --epochs 1 --set channels=4 "
+                "--set hidden=[32]", out=PATH_OUT, slow=True),
+    Command("dlcli evaluate runs/beta-tcvae/RUN/best.safetensors --json",
+            run=f'dlcli evaluate "{CKPT.format(model="beta-tcvae")}" --json --iwae-k 2',
+            out=r'"nelbo": .*"mig": .*"factor_vae_score": ', slow=True),
+    Command("dlcli sample beta-tcvae --grid traverse -o traverse.png", out=PNG, slow=True),
     # GANs
     Command("dlcli train gan", out=PATH_OUT, slow=True),
     Command("dlcli train dcgan", out=PATH_OUT, slow=True),

@@ -12,7 +12,9 @@ the label decides the digit and z is free to carry only the handwriting; optiona
 prior is learned per label, p(z | y) = N(m_y, s_y^2), and samples come from there. The beta-VAE
 (Higgins et al., 2017) weights the KL by beta > 1, which squeezes the code into fewer,
 more independent units; Burgess et al. (2018) instead pull the KL towards a capacity C
-that grows during training: loss = recon + gamma * |KL - C|.
+that grows during training: loss = recon + gamma * |KL - C|. The beta-TCVAE (Chen et al.,
+2018) splits the KL into three parts and puts beta on the total correlation alone
+(`kl_decomposition`, below).
 
 Both networks come as an MLP (`arch: mlp`, any image shape) or a small convnet (`arch:
 conv`): stride-2 4x4 convolutions halve the image while its longer side is more than 8
@@ -208,6 +210,61 @@ def iwae_nll(model: VAE, x: torch.Tensor, y=None, k: int = 100, generator=None) 
 
         log p(x) >= log 1/k sum_i p(x | z_i) p(z_i) / q(z_i | x),   z_i ~ q(z | x)"""
     return -iwae_bound(sum(log_weights(model, x, y, k, generator)))
+
+
+# ---- beta-TCVAE: the KL split in three (Chen et al., 2018) -----------------------------
+
+def log_normal_per_unit(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z_j; mu_j, sigma_j^2) for each latent unit j (nothing summed)."""
+    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi))
+
+
+def kl_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                     dataset_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ELBO's KL term split as in Chen et al. (2018), eq. 2, per image (three (M,) tensors):
+
+        E_p(n) KL(q(z | n) || p(z))
+          = KL(q(z, n) || q(z) p(n))                 index-code mutual information I(z; n)
+          + KL(q(z) || prod_j q(z_j))                total correlation TC(z)
+          + sum_j KL(q(z_j) || p(z_j))               dimension-wise KL
+
+    where q(z) = 1/N sum_n q(z | n) is the aggregate posterior over the N training images.
+    For z_i ~ q(z | n_i), the codes of a minibatch of M images, each term is
+    E[log q(z|n)] - E[log q(z)], E[log q(z)] - E[log prod_j q(z_j)], and
+    E[log prod_j q(z_j)] - E[log p(z)]; log q(z_i) is estimated by minibatch-weighted
+    sampling (section 4.1, eq. 5 and appendix C.1):
+
+        log q(z_i) ~= logsumexp_m log q(z_i | n_m) - log(N M)
+
+    and each log q(z_ij) the same way with unit j alone. This is the "minibatch weighted
+    sampling" branch of the authors' code (rtqichen/beta-tcvae, vae_quant.py, VAE.elbo,
+    `not self.mss`: logsumexp over the batch minus math.log(batch_size * dataset_size)).
+    The estimates of log q(z) cancel in the sum, so mi + tc + dwkl is exactly the
+    one-sample KL estimate log q(z_i | n_i) - log p(z_i), whose mean is the analytic KL.
+
+    N enters only through the constant log(N M), so it moves no gradient; it does move the
+    values. Where the posteriors of the batch overlap, (1/M) sum_m q(z | n_m) already
+    estimates q(z), and the estimates sit log N below it: tc then reads (latent - 1) log N
+    above the true total correlation (0 for independent units) and dwkl latent * log N
+    below, while mi is at most log(N M). Where one image's own posterior dominates the
+    sum (sharp codes, many units), log q(z_i) ~= log q(z_i | n_i) - log(N M), and mi is
+    that constant, with no gradient: this estimator's bias when N is much larger than M.
+
+    z, mu, logvar: (M, latent); the standard normal prior p(z)."""
+    batch = len(z)
+    # log q(z_ij | n_m) for every code i of the batch under every image m's posterior, unit
+    # by unit: (code i, image m, unit j)
+    log_q_pairs = log_normal_per_unit(z[:, None], mu[None], logvar[None])
+    log_norm = math.log(batch * dataset_size)
+    log_q_z_given_n = log_normal_per_unit(z, mu, logvar).sum(1)  # its own image: log q(z_i | n_i)
+    log_q_z = torch.logsumexp(log_q_pairs.sum(2), dim=1) - log_norm
+    log_prod_q_zj = (torch.logsumexp(log_q_pairs, dim=1) - log_norm).sum(1)
+    log_p_z = log_normal(z)
+
+    mutual_information = log_q_z_given_n - log_q_z
+    total_correlation = log_q_z - log_prod_q_zj
+    dimension_wise_kl = log_prod_q_zj - log_p_z
+    return mutual_information, total_correlation, dimension_wise_kl
 
 
 def build(config: dict, data: dict, classes: int = 0) -> VAE:

@@ -1,7 +1,9 @@
-"""The VAE family (vae, cvae, beta-vae): train on the ELBO, measure it, draw its pictures.
+"""The VAE family (vae, cvae, beta-vae, beta-tcvae): train on the ELBO, measure it, draw its
+pictures.
 
 Training minimises recon + beta * KL (or recon + gamma * |KL - C| with the capacity
-annealing of Burgess et al., 2018); every number reported is in nats per image. Options
+annealing of Burgess et al., 2018; or, for beta-tcvae, recon + MI + beta * TC + dim-wise
+KL, BetaTCVAETask at the end); every number reported is in nats per image. Options
 that buy a better likelihood, each a preset key (the first three off at 0, or 1):
 
     kl_warmup     beta rises linearly from 0 over this many epochs, so the decoder learns
@@ -172,7 +174,7 @@ class VAETask(ImageTask):
         self.latent_kl = m["kl_per_unit"]
         out = {"val_loss": m["nelbo"], "val_recon": m["recon"], "val_kl": m["kl"],
                "val_active_units": float(m["active_units"])}
-        if self.config["capacity"] > 0:
+        if self.config.get("capacity", 0) > 0:  # beta-tcvae has no capacity
             out["capacity"] = self.capacity()
         if self.factor_data is not None:
             out["val_mig"] = self.measure_factors()
@@ -491,3 +493,37 @@ def read_unit_factors(meta: dict, latent: int) -> list | None:
                          f"damaged or edited file): it must give [factor, MI] for each of the "
                          f"{latent} latent units")
     return table
+
+
+class BetaTCVAETask(VAETask):
+    """beta-TCVAE (Chen et al., 2018, "Isolating Sources of Disentanglement in VAEs"): the
+    beta-VAE's network, trained on
+
+        E[log p(x | z)] - alpha * I(z; n) - beta * TC(z) - gamma * sum_j KL(q(z_j) || p(z_j))
+
+    with alpha = gamma = 1, so that beta penalises only the total correlation, the
+    dependence between latent units, and leaves alone the information the code keeps about
+    the image (which a beta on the whole KL also squeezes). The three terms are estimated
+    on each minibatch by minibatch-weighted sampling over the N training images
+    (dlcli.models.vae.kl_decomposition) and logged as mi, tc and dwkl; nelbo and kl stay
+    the true -ELBO and its analytic KL, as for every VAE."""
+
+    losses = VAETask.losses + ("mi", "tc", "dwkl")
+
+    def train_step(self, batch) -> dict[str, float]:
+        from dlcli.models.vae import kl_decomposition, reconstruction_nats
+
+        x, _ = batch
+        mu, logvar = self.model.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # one code per image
+        recon = reconstruction_nats(self.model.decode(z).float(), x).mean()
+        z, mu, logvar = z.float(), mu.float(), logvar.float()
+        mi, tc, dwkl = (term.mean() for term in
+                        kl_decomposition(z, mu, logvar, dataset_size=len(self.train_data)))
+        loss = recon + mi + self.config["beta"] * tc + dwkl
+        self.optimize(loss, self.optimizers["model"])
+        self.steps += 1
+        kl = self.model.kl(mu.detach(), logvar.detach()).sum(1).mean().item()  # analytic
+        recon = recon.item()
+        return {"loss": loss.item(), "nelbo": recon + kl, "recon": recon, "kl": kl,
+                "mi": mi.item(), "tc": tc.item(), "dwkl": dwkl.item()}
