@@ -82,12 +82,43 @@ class RunningGaussian:
 
 
 @torch.no_grad()
+def knn_radii(points: torch.Tensor, k: int, chunk: int = 1000) -> torch.Tensor:
+    """Distance from each point to its k-th nearest other point."""
+    radii = [torch.cdist(points[i:i + chunk], points).kthvalue(k + 1, dim=1).values
+             for i in range(0, len(points), chunk)]  # k + 1: the nearest is the point itself
+    return torch.cat(radii)
+
+
+@torch.no_grad()
+def manifold_coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+                      chunk: int = 1000) -> float:
+    """The fraction of `points` inside at least one ball (centre, radius)."""
+    inside = sum(int((torch.cdist(points[i:i + chunk], centres) <= radii).any(1).sum())
+                 for i in range(0, len(points), chunk))
+    return inside / len(points)
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall of Kynkäänniemi et al. (2019), on feature vectors.
+
+    Each set's manifold is the union of balls around its points, each ball reaching to the
+    point's k-th nearest neighbour in the same set. Precision: the fraction of fakes inside
+    the real manifold (are the samples realistic?); recall: the fraction of reals inside
+    the fake manifold (does the generator cover the data's variety?)."""
+    real, fake = real.double(), fake.double()
+    precision = manifold_coverage(fake, real, knn_radii(real, k))
+    recall = manifold_coverage(real, fake, knn_radii(fake, k))
+    return precision, recall
+
+
+@torch.no_grad()
 def score_samples(judge, fake_batches, real_batches) -> dict:
-    """cfid, label_entropy, confidence (and label_accuracy when labels are given) of the
-    generated images in `fake_batches`, an iterable of (images in [0, 1], labels or None),
-    against the real images in `real_batches` (an iterable of image batches in [0, 1]),
-    scored one batch at a time: memory does not grow with the number of samples."""
-    fake = RunningGaussian()
+    """cfid, precision, recall, label_entropy, confidence (and label_accuracy when labels
+    are given) of the generated images in `fake_batches`, an iterable of (images in [0, 1],
+    labels or None), against the real images in `real_batches` (an iterable of image
+    batches in [0, 1]). The judge's features are kept (a few hundred floats an image) for
+    precision and recall; the images are scored one batch at a time and dropped."""
+    fake, fake_features, real_features = RunningGaussian(), [], []
     hist = confidence = correct = asked = None
     for images, labels in fake_batches:
         for i in range(0, len(images), 1000):
@@ -95,6 +126,7 @@ def score_samples(judge, fake_batches, real_batches) -> dict:
             features = judge.model.features(x)
             probs = judge.model.out(features).softmax(1).cpu()
             fake.add(features.cpu())
+            fake_features.append(features.cpu())
             predicted = probs.argmax(1)
             classes = probs.shape[1]
             if hist is None:
@@ -108,9 +140,13 @@ def score_samples(judge, fake_batches, real_batches) -> dict:
                 correct += torch.bincount(y[predicted == y], minlength=classes).float()
     real = RunningGaussian()
     for images in [real_batches] if torch.is_tensor(real_batches) else real_batches:
-        real.add(judge_outputs(judge, images)[0])
+        real_features.append(judge_outputs(judge, images)[0])
+        real.add(real_features[-1])
+    precision, recall = precision_recall(torch.cat(real_features), torch.cat(fake_features))
     out = {
         "cfid": frechet_distance(fake.stats(), real.stats()),
+        "precision": precision,
+        "recall": recall,
         "label_entropy": label_entropy(hist),
         "confidence": confidence / fake.n,
     }

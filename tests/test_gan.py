@@ -396,6 +396,7 @@ def test_evaluate_json(cli, trained, judge):
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)
     assert metrics["cfid"] > 0 and np.isfinite(metrics["cfid"])
+    assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
     assert 0 <= metrics["label_entropy"] <= np.log2(10) + 1e-9
     assert 0.1 <= metrics["confidence"] <= 1
     assert 0 <= metrics["label_accuracy"] <= 1
@@ -413,3 +414,87 @@ def test_evaluate_unconditional_and_without_judge(trained, judge):
     assert task.evaluate(classifier=judge, samples=200) == metrics  # fixed noise
     with pytest.raises(DlcliError, match="dlcli train cnn"):
         task.evaluate(samples=10)  # no --classifier and no cnn run under ./runs
+
+
+# ---- the GAN literature's options: hinge loss, spectral norm, R1, precision/recall ------
+
+@pytest.mark.parametrize("model", ["gan", "dcgan"])
+def test_hinge_spectral_r1_train(tmp_path, model):
+    ckpt = load_checkpoint(train_tiny(model, tmp_path / "r", loss="hinge", d_norm="spectral", r1=1.0))
+    d = ckpt.state_dict("discriminator")
+    assert any(k.endswith("parametrizations.weight.original") for k in d)  # spectral norm
+    assert not any("running_mean" in k for k in d)  # and no BatchNorm in D
+    records = [json.loads(line) for line in (ckpt.path.parent / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite([r["train_d_loss"] for r in records if r["kind"] == "epoch"]).all()
+
+
+def test_spectral_norm_bounds_each_layer():
+    from dlcli.models.gan import build_mlp
+
+    _, d = build_mlp(tiny_config("gan", d_norm="spectral"), {"shape": [1, 28, 28]})
+    for _ in range(30):  # power iterations, one per training-mode forward
+        d(torch.rand(4, 1, 28, 28))
+    for layer in (m for m in d.modules() if isinstance(m, torch.nn.Linear)):
+        assert torch.linalg.matrix_norm(layer.weight.detach(), 2).item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_r1_penalty_is_the_squared_input_gradient():
+    from dlcli.tasks.gan import r1_penalty
+
+    w = torch.randn(5)
+    x = torch.randn(7, 5, requires_grad=True)
+    logits = x @ w + (x ** 2).sum(1)  # grad_x = w + 2x
+    expected = (w + 2 * x.detach()).pow(2).sum(1).mean()
+    assert r1_penalty(logits, x).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_hinge_loss_values():
+    from dlcli.tasks.gan import GANTask
+
+    task = GANTask.__new__(GANTask)
+    task.config = {"loss": "hinge"}
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-3.0, 0.0])
+    # max(0, 1 - r): 0, 0.5 -> 0.25; max(0, 1 + f): 0, 1 -> 0.5
+    assert task.discriminator_loss(real, fake).item() == pytest.approx(0.75)
+    assert task.generator_loss(fake).item() == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("sets,words", [
+    (["loss=wasserstein"], ["loss", "hinge"]),
+    (["d_norm=layer"], ["d_norm", "spectral"]),
+    (["d_norm=batch"], ["d_norm", "dcgan"]),  # the MLP D has no BatchNorm to keep
+    (["r1=-1"], ["r1"]),
+])
+def test_bad_gan_options_exit_2(cli, tmp_path, sets, words):
+    args = [a for s in sets for a in ("--set", s)]
+    proc = cli("train", "gan", *args, "--epochs", "1", "--run-dir", tmp_path / "r")
+    assert proc.returncode == 2, proc.stderr
+    assert all(w in proc.stderr for w in words) and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("model,norm", [("dcgan", "batch"), ("gan", "none")])
+def test_checkpoints_from_before_the_options_read_as_trained(model, norm):
+    from dlcli.config import config_against_schema
+
+    old = {k: v for k, v in tiny_config(model).items() if k not in ("loss", "d_norm", "r1")}
+    read = config_against_schema(model, old)
+    assert (read["loss"], read["d_norm"], read["r1"]) == ("nonsaturating", norm, 0.0)
+
+
+def test_precision_recall_tell_clean_from_varied():
+    from dlcli.metrics import precision_recall
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(600, 4, generator=g)
+    same = torch.randn(600, 4, generator=g)
+    p, r = precision_recall(real, same)
+    assert p > 0.9 and r > 0.9  # two draws of one distribution
+    corner = real[real[:, 0] > 1]  # one region of the data, drawn again and again
+    one_mode = corner[torch.arange(200) % len(corner)] + 0.01 * torch.randn(200, 4, generator=g)
+    p, r = precision_recall(real, one_mode)
+    assert p > 0.9 and r < 0.4  # realistic but few kinds
+    messy = torch.randn(600, 4, generator=g) * 3
+    p, r = precision_recall(real, messy)
+    assert p < 0.5 and r > 0.7  # varied but mostly off the data
+    assert precision_recall(real, real + 100) == (0.0, 0.0)

@@ -123,6 +123,7 @@ COMMANDS = [
     # GANs
     Command("dlcli train gan", out=PATH_OUT, slow=True),
     Command("dlcli train dcgan", out=PATH_OUT, slow=True),
+    Command("dlcli train dcgan --preset dcgan-fast", out=PATH_OUT, slow=True),
     Command("dlcli train cgan", run="dlcli train cgan --epochs 1", out=PATH_OUT, slow=True),
     Command("dlcli sample cgan --label all -o digits.png", out=r"^digits\.png\n$", slow=True),
     Command("dlcli sample cgan --label 3 -n 16", out=PNG, slow=True),

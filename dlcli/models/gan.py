@@ -18,6 +18,10 @@ gives D(x)).
     cgan   the MLP pair, each also fed the label as a one-hot vector (Mirza & Osindero, 2014);
            D also projects its features on a learned embedding of the label (Miyato & Koyama)
 
+D's normalisation (d_norm): "batch" (Radford et al.'s BatchNorm, dcgan only), "spectral"
+(every weight divided by its largest singular value, Miyato et al., 2018: D becomes
+1-Lipschitz per layer, so its gradients to G stay bounded without batch statistics), "none".
+
 Images live in [-1, 1] inside the networks (tanh output); the task maps them to [0, 1].
 """
 
@@ -30,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcli.errors import DlcliError
+
+D_NORMS = ("batch", "spectral", "none")
 
 
 def with_label(x: torch.Tensor, y: torch.Tensor | None, classes: int) -> torch.Tensor:
@@ -121,6 +127,10 @@ def with_spread(h: torch.Tensor) -> torch.Tensor:
     return torch.cat([h, spread], 1)
 
 
+def batch_norm(channels: int, wanted: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if wanted else nn.Identity()
+
+
 class ConvDiscriminator(nn.Module):
     """The compact pair's D: two stride-2 convolutions (no pooling) with LeakyReLU;
     BatchNorm on all but the input layer, then one linear logit (batch_std: the batch's
@@ -131,17 +141,17 @@ class ConvDiscriminator(nn.Module):
     look alike, which real groups do not, so dropping modes is punished."""
 
     def __init__(self, shape: tuple[int, int, int], width: int, batch_std: bool = False,
-                 pack: int = 1):
+                 pack: int = 1, norm: str = "batch"):
         super().__init__()
         colours, height, width_px = shape
         self.batch_std, self.pack = batch_std, pack
-        self.per_sample = False  # BatchNorm: a score depends on the whole batch
-        w = width
+        self.per_sample = norm != "batch" and not batch_std  # else a score depends on the batch
+        w, bn = width, norm == "batch"
         self.body = nn.Sequential(
             nn.Conv2d(pack * colours, w, 4, 2, 1), nn.LeakyReLU(0.2),  # H -> H/2
-            nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2),
-            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False),  # H/2 -> H/4
-            nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2),
+            nn.Conv2d(w, w, 3, 1, 1, bias=not bn), batch_norm(w, bn), nn.LeakyReLU(0.2),
+            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=not bn),  # H/2 -> H/4
+            batch_norm(2 * w, bn), nn.LeakyReLU(0.2),
         )
         self.out = nn.Linear((2 * w + batch_std) * (height // 4) * (width_px // 4), 1)
 
@@ -181,15 +191,15 @@ class RadfordDiscriminator(nn.Module):
     convolution makes the logit. pack and batch_std as in ConvDiscriminator."""
 
     def __init__(self, shape: tuple[int, int, int], width: int, batch_std: bool = False,
-                 pack: int = 1):
+                 pack: int = 1, norm: str = "batch"):
         super().__init__()
         colours, side = shape[0], shape[1]
         self.batch_std, self.pack = batch_std, pack
-        self.per_sample = False  # BatchNorm: a score depends on the whole batch
-        w, side = width, side // 2
+        self.per_sample = norm != "batch" and not batch_std  # else a score depends on the batch
+        w, side, bn = width, side // 2, norm == "batch"
         layers = [nn.Conv2d(pack * colours, w, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
         while side > 4:
-            layers += [nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w),
+            layers += [nn.Conv2d(w, 2 * w, 4, 2, 1, bias=not bn), batch_norm(2 * w, bn),
                        nn.LeakyReLU(0.2)]
             w, side = 2 * w, side // 2
         self.body = nn.Sequential(*layers)
@@ -225,25 +235,40 @@ def build_dcgan(config: dict, data: dict) -> tuple[nn.Module, nn.Module]:
     shape, latent, width = tuple(data["shape"]), config["latent_dim"], config["width"]
     if takes_radford(shape):
         g, d = RadfordGenerator(shape, latent, width), RadfordDiscriminator(
-            shape, width, config["batch_std"], config["pack"])
+            shape, width, config["batch_std"], config["pack"], config["d_norm"])
     elif shape[1] % 4 == 0 and shape[2] % 4 == 0:
         g, d = ConvGenerator(shape, latent, width), ConvDiscriminator(
-            shape, width, config["batch_std"], config["pack"])
+            shape, width, config["batch_std"], config["pack"], config["d_norm"])
     else:
         raise DlcliError(f"dcgan takes square images of 16, 32, 64, 128... pixels, or sides "
                          f"divisible by 4 (28x28); these are {'x'.join(map(str, shape[1:]))}: "
                          "choose another image_size, or train gan")
     g.apply(dcgan_init)
     d.apply(dcgan_init)
-    return g, d
+    return g, normalised(d, config["d_norm"])
+
+
+def normalised(d: nn.Module, norm: str) -> nn.Module:
+    """D with spectral normalisation on every weight layer when norm is "spectral"."""
+    if norm not in D_NORMS:
+        raise DlcliError(f"unknown d_norm {norm!r}; choose one of: {', '.join(D_NORMS)}")
+    if norm == "spectral":
+        for m in list(d.modules()):
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
+                nn.utils.parametrizations.spectral_norm(m)
+    return d
 
 
 def build_mlp(config: dict, data: dict, classes: int = 0) -> tuple[nn.Module, nn.Module]:
     """The MLP pair for images of any shape; conditional on `classes` labels when given."""
     shape = tuple(data["shape"])
+    if config["d_norm"] == "batch":
+        raise DlcliError("d_norm batch is for dcgan's convolutional D; the MLP D takes "
+                         "spectral or none")
+    d = MLPDiscriminator(shape, config["d_hidden"], classes, config["d_dropout"],
+                         config["batch_std"])
     return (MLPGenerator(shape, config["latent_dim"], config["g_hidden"], classes),
-            MLPDiscriminator(shape, config["d_hidden"], classes, config["d_dropout"],
-                             config["batch_std"]))
+            normalised(d, config["d_norm"]))
 
 
 def build_conditional_mlp(config: dict, data: dict) -> tuple[nn.Module, nn.Module]:

@@ -1,10 +1,18 @@
 """GANs (gan, dcgan, cgan): two networks, two optimizers, one training loop.
 
-Each step trains D to tell real from fake, then G to fool the freshly updated D with the
-non-saturating loss -log D(G(z)) (Goodfellow et al.: it gives G strong gradients early,
-when D rejects every fake). Options from the preset:
+Each step trains D to tell real from fake, then G to fool the freshly updated D. Options
+from the preset:
 
-  label_smoothing  one-sided: real images get target 1 - s, fakes keep 0 (Salimans et al.)
+  loss             nonsaturating: D minimises the cross-entropy of real vs fake, G maximises
+                   log D(G(z)) (Goodfellow et al.: strong gradients early, when D rejects
+                   every fake); hinge: D minimises max(0, 1 - D(x)) + max(0, 1 + D(G(z))),
+                   G maximises D(G(z)) (Lim & Ye, 2017; Miyato et al., 2018): D stops
+                   pushing on images it already scores beyond the margin
+  label_smoothing  nonsaturating only: real images get target 1 - s (Salimans et al.)
+  r1               weight gamma of the R1 penalty gamma/2 * E ||grad_x D(x)||^2 on real
+                   images (Mescheder et al., 2018): D stays flat around the data, which
+                   keeps the game from oscillating; 0 = off
+  d_lr_scale       D's learning rate over G's: two time-scale updates (Heusel et al., 2017)
   ema              decay of an exponential moving average of G's weights, kept as its own
                    module "generator_ema"; sampling and evaluation use it (0 = off)
 
@@ -35,11 +43,19 @@ GRID_ROWS = 10  # the fixed-noise grid: 10 x 10, or 10 of each class (a row each
 JUDGE_ACCURACY = 0.95
 JUDGED_SAMPLES = 100
 WARMUP_EPOCHS = 1
+LOSSES = ("nonsaturating", "hinge")
 INTERPOLATION_STEPS = 10  # images per --interpolate row
 
 
 def binary_entropy(p: float) -> float:
     return 0.0 if p in (0.0, 1.0) else -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+
+def r1_penalty(real_logit: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """E ||grad_x D(x)||^2 over the real images x, kept differentiable (create_graph) so
+    that D's step also minimises it."""
+    grad, = torch.autograd.grad(real_logit.float().sum(), x, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
 
 
 class GANTask(ImageTask):
@@ -62,9 +78,11 @@ class GANTask(ImageTask):
             self.ema = copy.deepcopy(self.generator).requires_grad_(False)
             self.modules["generator_ema"] = self.ema
             self.ema_pairs = None  # paired at the first update, see update_ema
+        if cfg["loss"] not in LOSSES:
+            raise DlcliError(f"unknown loss {cfg['loss']!r}; choose one of: {', '.join(LOSSES)}")
         self.real_target = 1.0 - cfg["label_smoothing"]
-        # The least loss D can reach: it is not 0 when real targets are smoothed.
-        self.d_floor = binary_entropy(self.real_target)
+        # The least loss D can reach: not 0 for cross-entropy against smoothed targets.
+        self.d_floor = binary_entropy(self.real_target) if cfg["loss"] == "nonsaturating" else 0.0
         self.d_streak, self.d_warned, self.g_warned = 0, False, False
         self.validations = 0  # in this process: a resumed run warms up again
         # Fixed noise for the per-epoch grid, from its own generator: drawing it leaves the
@@ -99,21 +117,24 @@ class GANTask(ImageTask):
         z = torch.randn(len(x), self.config["latent_dim"], device=self.device)
         fake = G(z, y)  # fakes of the same labels as the real batch (cgan)
 
-        # D: maximise log D(x) + log(1 - D(G(z))); G's graph is cut off by detach()
+        # D: tell real from fake; G's graph is cut off by detach()
+        r1 = self.config["r1"]
+        if r1:
+            x.requires_grad_(True)
         if D.per_sample:  # one pass over real and fake together: the same sums, faster
             both = D(torch.cat([x, fake.detach()]), None if y is None else torch.cat([y, y]))
             real_logit, fake_logit = both.chunk(2)
         else:  # batch statistics (BatchNorm, batch_std) must see real and fake apart
             real_logit, fake_logit = D(x, y), D(fake.detach(), y)
-        d_loss = (F.binary_cross_entropy_with_logits(real_logit, torch.full_like(
-            real_logit, self.real_target)) + F.binary_cross_entropy_with_logits(
-            fake_logit, torch.zeros_like(fake_logit)))
+        d_loss = self.discriminator_loss(real_logit, fake_logit)
+        if r1:
+            d_loss = d_loss + r1 / 2 * r1_penalty(real_logit, x)
         self.optimize(d_loss, opt_d)
 
-        # G: non-saturating, maximise log D(G(z)) against the updated D; only G's
-        # weights need gradients, so D's weight gradients are never computed
+        # G: fool the updated D; only G's weights need gradients, so D's weight gradients
+        # are never computed
         gen_logit = D(fake, y)
-        g_loss = F.binary_cross_entropy_with_logits(gen_logit, torch.ones_like(gen_logit))
+        g_loss = self.generator_loss(gen_logit)
         self.optimize(g_loss, opt_g, inputs=list(G.parameters()))
         self.update_ema()
 
@@ -122,6 +143,18 @@ class GANTask(ImageTask):
         return {"d_loss": d_loss, "g_loss": g_loss.item(),
                 "d_x": real_logit.detach().sigmoid().mean().item(),
                 "d_g_z": fake_logit.detach().sigmoid().mean().item()}
+
+    def discriminator_loss(self, real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
+        if self.config["loss"] == "hinge":
+            return F.relu(1 - real_logit).mean() + F.relu(1 + fake_logit).mean()
+        real = torch.full_like(real_logit, self.real_target)
+        return (F.binary_cross_entropy_with_logits(real_logit, real)
+                + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+
+    def generator_loss(self, gen_logit: torch.Tensor) -> torch.Tensor:
+        if self.config["loss"] == "hinge":
+            return -gen_logit.mean()
+        return F.binary_cross_entropy_with_logits(gen_logit, torch.ones_like(gen_logit))
 
     @torch.no_grad()
     def update_ema(self) -> None:
