@@ -126,12 +126,16 @@ class Checkpointer:
                 self._wrote(self.best_path, "best")
             self._guarded(copy_best, step, must=final)
 
-    def after_update(self, epoch_done: int, step: int) -> None:
-        """After optimizer update `step`: the update's snapshot when `average_every` asks."""
+    def after_update(self, epoch_done: int, batch: int, batches: int, step: int) -> None:
+        """After optimizer update `step`, batch `batch` of `batches` in epoch `epoch_done` + 1:
+        the update's snapshot when `average_every` asks, and a mid-epoch last.safetensors
+        when `checkpoint_every` does (an epoch's end saves anyway)."""
         if self.keep > 0 and self.dir is not None and self.snapshot_every \
                 and step % self.snapshot_every == 0:
             self._guarded(lambda: self.snapshot(f"update-{step:07d}", epoch_done, step), step,
                           must=False)
+        if batch < batches and self.due(step):
+            self.save(epoch_done, batch, step)
 
     def snapshot(self, name: str, epoch: int, step: int) -> None:
         """NAME.safetensors (weights only), keeping the newest `average_last`."""

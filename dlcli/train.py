@@ -107,17 +107,14 @@ def fit(task, run_dir: Path | None, resume=None, d: Dist = Dist(), precision: st
                     if d.main:  # rank 0 judges, as it reports
                         check_finite(logs, task.losses, epoch + 1, step + 1, saver, run_dir)
                     step += 1
-                    saver.after_update(epoch, step)  # average_every (rank 0)
+                    saver.after_update(epoch, i + 1, len(batches), step)  # rank 0 writes
                     meter.add(logs, task.batch_items(batches[i]))
                     report.step(i + 1, logs, meter)
                     if step % LOG_EVERY == 0:
                         report.record({"kind": "step", "epoch": epoch + 1, "step": step, **logs})
-                    if i + 1 < len(batches):  # mid-epoch: a resume skips the batches seen
-                        if stop.agreed(d):
-                            saver.save(epoch, i + 1, step, must=True)
-                            stop.interrupt(d, saver.last)
-                        if saver.due(step):  # checkpoint_every (rank 0)
-                            saver.save(epoch, i + 1, step)
+                    if i + 1 < len(batches) and stop.agreed(d):  # a resume skips the batches seen
+                        saver.save(epoch, i + 1, step, must=True)
+                        stop.interrupt(d, saver.last)
                 skip = 0
                 task.train_mode(False)
                 if d.active:
