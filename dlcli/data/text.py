@@ -317,5 +317,4 @@ class TextForm:
 
 def moses_tokenized(sentences: list[str], lang: str) -> list[str]:
     """Moses tokenization of `lang` (no escaping), as the Multi30k papers score."""
-    tokenizer = _sacremoses().MosesTokenizer(lang)
-    return [tokenizer.tokenize(s, escape=False, return_str=True) for s in sentences]
+    return TextForm(moses=True, source_lang=lang).prepare(sentences, "source")

@@ -175,11 +175,17 @@ def kl_per_dim(mu, logvar, prior_mu=None, prior_logvar=None) -> torch.Tensor:
                   + prior_logvar - logvar - 1)
 
 
+def log_normal_per_unit(z: torch.Tensor, mu=None, logvar=None) -> torch.Tensor:
+    """log N(z_j; mu_j, sigma_j^2) for each latent unit j, nothing summed (standard normal
+    by default)."""
+    if mu is None:
+        return -0.5 * (z.pow(2) + math.log(2 * math.pi))
+    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi))
+
+
 def log_normal(z: torch.Tensor, mu=None, logvar=None) -> torch.Tensor:
     """log N(z; mu, sigma^2) summed over the last axis (standard normal by default)."""
-    if mu is None:
-        return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
-    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
+    return log_normal_per_unit(z, mu, logvar).sum(-1)
 
 
 def log_weights(model: VAE, x: torch.Tensor, y=None, k: int = 1, generator=None):
@@ -213,11 +219,6 @@ def iwae_nll(model: VAE, x: torch.Tensor, y=None, k: int = 100, generator=None) 
 
 
 # ---- beta-TCVAE: the KL split in three (Chen et al., 2018) -----------------------------
-
-def log_normal_per_unit(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z_j; mu_j, sigma_j^2) for each latent unit j (nothing summed)."""
-    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi))
-
 
 def kl_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
                      dataset_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

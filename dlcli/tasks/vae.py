@@ -522,7 +522,7 @@ class BetaTCVAETask(VAETask):
                         kl_decomposition(z, mu, logvar, dataset_size=len(self.train_data)))
         loss = recon + mi + self.config["beta"] * tc + dwkl
         self.optimize(loss, self.optimizers["model"])
-        self.steps += 1
+        self.after_step()
         kl = self.model.kl(mu.detach(), logvar.detach()).sum(1).mean().item()  # analytic
         recon = recon.item()
         return {"loss": loss.item(), "nelbo": recon + kl, "recon": recon, "kl": kl,
