@@ -189,7 +189,7 @@ TRAINING_KEYS = {"epochs", "lr", "seed", "batch_size", "optimizer", "momentum", 
                  "label_smoothing", "dropout", "d_dropout", "precision", "val_size", "keep_epochs",
                  "average_last", "average_every", "attention_dropout", "activation_dropout",
                  "val_translate", "ema", "beta", "gamma", "capacity", "capacity_epochs",
-                 "kl_warmup", "free_bits", "iwae_samples", "loss", "r1",
+                 "kl_warmup", "free_bits", "iwae_samples", "loss", "r1", "classify",
                  "truncation", "temperature", "beam", "length_penalty", "data", "train_size",
                  "logger", "checkpoint_every"}
 # Metadata that gives the weights their meaning: the same numbers under another tokenizer

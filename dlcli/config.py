@@ -50,6 +50,9 @@ KEYS_ADDED_LATER = {  # key: value, or {model: value}
     "loss": "nonsaturating",  # GANs
     "d_norm": {"dcgan": "batch", "gan": "none", "cgan": "none"},
     "r1": 0.0,
+    "d_dropout": 0.0,  # dcgan; the MLP GANs always had it
+    "codes": 0,
+    "classify": 0.0,
     "attention_dropout": None,  # None: the same as `dropout` (one rate for everything)
     "activation_dropout": None,
     "lowercase": False,
@@ -75,11 +78,12 @@ NUMBER_RULES = {
     **dict.fromkeys(("val_size", "average_last", "average_every", "bpe_merges", "warmup",
                      "weight_decay", "clip_norm", "beta", "capacity", "capacity_epochs",
                      "gamma", "length_penalty", "temperature", "truncation", "kl_warmup",
-                     "free_bits", "r1"), AT_LEAST_0),
+                     "free_bits", "r1", "classify"), AT_LEAST_0),
     **dict.fromkeys(("lr", "lr_decay", "d_lr_scale"), POSITIVE),
     **dict.fromkeys(("dropout", "attention_dropout", "activation_dropout", "d_dropout",
                      "label_smoothing", "momentum", "ema", "beta1", "beta2", "val_fraction"),
                     FRACTION),
+    "codes": (lambda x: x == 0 or x >= 2, "0 (off) or at least 2"),
     "max_len": (lambda x: x >= 2, "at least 2 (an end token and one more)"),
     "seed": (lambda x: -2**63 <= x < 2**63, "64 bits (-2**63 to 2**63 - 1)"),
 }

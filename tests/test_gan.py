@@ -464,6 +464,9 @@ def test_hinge_loss_values():
     (["d_norm=layer"], ["d_norm", "spectral"]),
     (["d_norm=batch"], ["d_norm", "dcgan"]),  # the MLP D has no BatchNorm to keep
     (["r1=-1"], ["r1"]),
+    (["codes=10"], ["codes", "classify"]),  # a code nothing ties to a kind of image
+    (["classify=1"], ["classify", "codes"]),  # nothing to classify
+    (["codes=1", "classify=1"], ["codes", "at least 2"]),
 ])
 def test_bad_gan_options_exit_2(cli, tmp_path, sets, words):
     args = [a for s in sets for a in ("--set", s)]
@@ -477,9 +480,11 @@ def test_bad_gan_options_exit_2(cli, tmp_path, sets, words):
 def test_checkpoints_from_before_the_options_read_as_trained(model, norm):
     from dlcli.config import config_against_schema
 
-    old = {k: v for k, v in tiny_config(model).items() if k not in ("loss", "d_norm", "r1")}
+    later = ("loss", "d_norm", "r1", "codes", "classify", "d_dropout")
+    old = {k: v for k, v in tiny_config(model).items() if k not in later}
     read = config_against_schema(model, old)
     assert (read["loss"], read["d_norm"], read["r1"]) == ("nonsaturating", norm, 0.0)
+    assert (read["codes"], read["classify"]) == (0, 0.0)
 
 
 def test_precision_recall_tell_clean_from_varied():
@@ -498,3 +503,47 @@ def test_precision_recall_tell_clean_from_varied():
     p, r = precision_recall(real, messy)
     assert p < 0.5 and r > 0.7  # varied but mostly off the data
     assert precision_recall(real, real + 100) == (0.0, 0.0)
+
+
+# ---- InfoGAN codes and the auxiliary classifier -----------------------------------------
+
+@pytest.mark.parametrize("model", ["gan", "dcgan"])
+def test_infogan_codes_reach_g_and_d_learns_to_read_them(model):
+    task = gan_task(model, codes=4, classify=1.0, lr=0.002)
+    z, code = task.noise(500, torch.Generator().manual_seed(0))
+    latent = task.config["latent_dim"]
+    assert z.shape == (500, latent + 4)
+    assert torch.equal(z[:, latent:], torch.nn.functional.one_hot(code, 4).float())
+    assert set(code.tolist()) == {0, 1, 2, 3}
+    grid_codes = task.fixed_z[:, latent:].argmax(1).view(10, 10)  # the per-epoch grid: a row a code
+    assert torch.equal(grid_codes, (torch.arange(10) % 4).unsqueeze(1).expand(10, 10))
+    _, classes = task.discriminator.judge(torch.rand(8, 1, 28, 28))
+    assert classes.shape == (8, 4)  # one row per image, packed or not
+    batch = next(iter(task.train_batches(0)))
+    first = task.train_step(batch)["g_misread"]
+    for _ in range(40):
+        last = task.train_step(batch)["g_misread"]
+    assert first > 1.0 and last < 0.5 * first  # ln 4 = 1.39 at first: D and G learn the code
+
+
+def test_truncation_scales_the_noise_not_the_code(monkeypatch):
+    task = gan_task("gan", codes=3, classify=1.0, truncation=0.5)
+    seen = []
+    monkeypatch.setattr(task.generator, "forward", lambda z, y=None: seen.append(z) or
+                        torch.zeros(len(z), 1, 28, 28))
+    task.ema = None  # sample with the live generator, whose forward is watched
+    z, _ = task.noise(6, torch.Generator().manual_seed(1))
+    task.generate(z, None)
+    latent = task.config["latent_dim"]
+    assert torch.equal(seen[0][:, :latent], z[:, :latent] * 0.5)
+    assert torch.equal(seen[0][:, latent:], z[:, latent:])
+    seen.clear()
+    task.sample(20, interpolate=True)  # two rows of 10: each keeps one code from end to end
+    codes = seen[0][:, latent:].view(2, 10, 3)
+    assert torch.equal(codes, codes[:, :1].expand(2, 10, 3))
+    assert not torch.equal(seen[0][0, :latent], seen[0][9, :latent])  # the noise walks
+
+
+def test_cgan_has_no_codes(cli, tmp_path):
+    proc = cli("train", "cgan", "--set", "codes=10", "--epochs", "1", "--run-dir", tmp_path / "r")
+    assert proc.returncode == 2 and "codes" in proc.stderr and "Traceback" not in proc.stderr

@@ -18,6 +18,10 @@ gives D(x)).
     cgan   the MLP pair, each also fed the label as a one-hot vector (Mirza & Osindero, 2014);
            D also projects its features on a learned embedding of the label (Miyato & Koyama)
 
+The unconditional Ds can also classify what they see (heads > 0): a linear head on the last
+features gives class logits for each image, beside the real/fake logit (judge()). The task
+trains it to read the categorical code G drew an image from (InfoGAN, Chen et al., 2016).
+
 D's normalisation (d_norm): "batch" (Radford et al.'s BatchNorm, dcgan only), "spectral"
 (every weight divided by its largest singular value, Miyato et al., 2018: D becomes
 1-Lipschitz per layer, so its gradients to G stay bounded without batch statistics), "none".
@@ -59,6 +63,22 @@ class MLPGenerator(nn.Module):
         return self.net(with_label(z, y, self.classes)).view(-1, *self.shape)
 
 
+def class_head(features: int, heads: int, pack: int = 1) -> nn.Module | None:
+    """Class logits for each of the `pack` images that `features` describe (heads > 0)."""
+    return nn.Linear(features, pack * heads) if heads else None
+
+
+def classified(head: nn.Module | None, h: torch.Tensor, heads: int) -> torch.Tensor | None:
+    """(images, heads) class logits from features h (one row per group of images)."""
+    return None if head is None else head(h.flatten(1)).view(-1, heads)
+
+
+def leaky(dropout: float = 0.0) -> list[nn.Module]:
+    """D's activation: LeakyReLU 0.2, then dropout when asked (d_dropout), which keeps D
+    from memorising the training images as G's images approach them."""
+    return [nn.LeakyReLU(0.2)] + ([nn.Dropout(dropout)] if dropout else [])
+
+
 def minibatch_std(h: torch.Tensor) -> torch.Tensor:
     """Append how much the batch varies (the mean over features of the std over the batch)
     as one more feature (Karras et al., 2018): a batch of near-identical fakes shows it, so
@@ -69,25 +89,30 @@ def minibatch_std(h: torch.Tensor) -> torch.Tensor:
 
 class MLPDiscriminator(nn.Module):
     def __init__(self, shape: tuple[int, ...], hidden: list[int], classes: int = 0,
-                 dropout: float = 0.0, batch_std: bool = False):
+                 dropout: float = 0.0, batch_std: bool = False, heads: int = 0):
         super().__init__()
-        self.classes, self.batch_std = classes, batch_std
+        self.classes, self.batch_std, self.heads = classes, batch_std, heads
         self.per_sample = not batch_std  # each score depends on its own image alone
         layers, width = [], math.prod(shape) + classes
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.LeakyReLU(0.2)]
-            layers += [nn.Dropout(dropout)] if dropout else []
+            layers += [nn.Linear(width, h), *leaky(dropout)]
             width = h
         self.body = nn.Sequential(*layers)
         self.out = nn.Linear(width + batch_std, 1)
         # conditional: besides the one-hot input, a projection term <embed(y), h> (Miyato &
         # Koyama, 2018) that scores how well the features match the label asked for
         self.project = nn.Embedding(classes, width) if classes else None
+        self.classify = class_head(width, heads)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def judge(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        """(real/fake logit, class logits or None) of each image."""
         h = self.body(with_label(x.flatten(1), y, self.classes))
         logit = self.out(minibatch_std(h) if self.batch_std else h).squeeze(1)
-        return logit if y is None else logit + (self.project(y) * h).sum(1)
+        logit = logit if y is None else logit + (self.project(y) * h).sum(1)
+        return logit, classified(self.classify, h, self.heads)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.judge(x, y)[0]
 
 
 class ConvGenerator(nn.Module):
@@ -141,25 +166,30 @@ class ConvDiscriminator(nn.Module):
     look alike, which real groups do not, so dropping modes is punished."""
 
     def __init__(self, shape: tuple[int, int, int], width: int, batch_std: bool = False,
-                 pack: int = 1, norm: str = "batch"):
+                 pack: int = 1, norm: str = "batch", dropout: float = 0.0, heads: int = 0):
         super().__init__()
         colours, height, width_px = shape
-        self.batch_std, self.pack = batch_std, pack
+        self.batch_std, self.pack, self.heads = batch_std, pack, heads
         self.per_sample = norm != "batch" and not batch_std  # else a score depends on the batch
         w, bn = width, norm == "batch"
         self.body = nn.Sequential(
-            nn.Conv2d(pack * colours, w, 4, 2, 1), nn.LeakyReLU(0.2),  # H -> H/2
-            nn.Conv2d(w, w, 3, 1, 1, bias=not bn), batch_norm(w, bn), nn.LeakyReLU(0.2),
+            nn.Conv2d(pack * colours, w, 4, 2, 1), *leaky(dropout),  # H -> H/2
+            nn.Conv2d(w, w, 3, 1, 1, bias=not bn), batch_norm(w, bn), *leaky(dropout),
             nn.Conv2d(w, 2 * w, 4, 2, 1, bias=not bn),  # H/2 -> H/4
-            batch_norm(2 * w, bn), nn.LeakyReLU(0.2),
+            batch_norm(2 * w, bn), *leaky(dropout),
         )
-        self.out = nn.Linear((2 * w + batch_std) * (height // 4) * (width_px // 4), 1)
+        cells = (height // 4) * (width_px // 4)
+        self.out = nn.Linear((2 * w + batch_std) * cells, 1)
+        self.classify = class_head(2 * w * cells, heads, pack)
+
+    def judge(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        """(real/fake logit of each group, class logits of each image or None)."""
+        h = self.body(pack_groups(x, self.pack))  # (B / pack) groups
+        logit = self.out((with_spread(h) if self.batch_std else h).flatten(1)).squeeze(1)
+        return logit, classified(self.classify, h, self.heads)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.body(pack_groups(x, self.pack))  # (B / pack) groups
-        if self.batch_std:
-            h = with_spread(h)
-        return self.out(h.flatten(1)).squeeze(1)
+        return self.judge(x, y)[0]
 
 
 class RadfordGenerator(nn.Module):
@@ -191,25 +221,29 @@ class RadfordDiscriminator(nn.Module):
     convolution makes the logit. pack and batch_std as in ConvDiscriminator."""
 
     def __init__(self, shape: tuple[int, int, int], width: int, batch_std: bool = False,
-                 pack: int = 1, norm: str = "batch"):
+                 pack: int = 1, norm: str = "batch", dropout: float = 0.0, heads: int = 0):
         super().__init__()
         colours, side = shape[0], shape[1]
-        self.batch_std, self.pack = batch_std, pack
+        self.batch_std, self.pack, self.heads = batch_std, pack, heads
         self.per_sample = norm != "batch" and not batch_std  # else a score depends on the batch
         w, side, bn = width, side // 2, norm == "batch"
-        layers = [nn.Conv2d(pack * colours, w, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
+        layers = [nn.Conv2d(pack * colours, w, 4, 2, 1, bias=False), *leaky(dropout)]
         while side > 4:
             layers += [nn.Conv2d(w, 2 * w, 4, 2, 1, bias=not bn), batch_norm(2 * w, bn),
-                       nn.LeakyReLU(0.2)]
+                       *leaky(dropout)]
             w, side = 2 * w, side // 2
         self.body = nn.Sequential(*layers)
         self.out = nn.Conv2d(w + batch_std, 1, 4, 1, 0, bias=False)
+        self.classify = class_head(w * 4 * 4, heads, pack)
+
+    def judge(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        """(real/fake logit of each group, class logits of each image or None)."""
+        h = self.body(pack_groups(x, self.pack))
+        logit = self.out(with_spread(h) if self.batch_std else h).flatten()
+        return logit, classified(self.classify, h, self.heads)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.body(pack_groups(x, self.pack))
-        if self.batch_std:
-            h = with_spread(h)
-        return self.out(h).flatten()
+        return self.judge(x, y)[0]
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -229,16 +263,21 @@ def takes_radford(shape) -> bool:
     return shape[1] == shape[2] and side >= 16 and side & (side - 1) == 0
 
 
+def generator_input(config: dict) -> int:
+    """What G reads: the noise z, then the one-hot categorical code (InfoGAN's `codes`)."""
+    return config["latent_dim"] + config.get("codes", 0)
+
+
 def build_dcgan(config: dict, data: dict) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) for images of `data`'s shape: Radford et al.'s pair for
     square power-of-two sides, the compact pair for other sides divisible by 4 (28)."""
-    shape, latent, width = tuple(data["shape"]), config["latent_dim"], config["width"]
+    shape, latent, width = tuple(data["shape"]), generator_input(config), config["width"]
+    d_options = (config["batch_std"], config["pack"], config["d_norm"], config["d_dropout"],
+                 config.get("codes", 0))
     if takes_radford(shape):
-        g, d = RadfordGenerator(shape, latent, width), RadfordDiscriminator(
-            shape, width, config["batch_std"], config["pack"], config["d_norm"])
+        g, d = RadfordGenerator(shape, latent, width), RadfordDiscriminator(shape, width, *d_options)
     elif shape[1] % 4 == 0 and shape[2] % 4 == 0:
-        g, d = ConvGenerator(shape, latent, width), ConvDiscriminator(
-            shape, width, config["batch_std"], config["pack"], config["d_norm"])
+        g, d = ConvGenerator(shape, latent, width), ConvDiscriminator(shape, width, *d_options)
     else:
         raise DlcliError(f"dcgan takes square images of 16, 32, 64, 128... pixels, or sides "
                          f"divisible by 4 (28x28); these are {'x'.join(map(str, shape[1:]))}: "
@@ -266,8 +305,8 @@ def build_mlp(config: dict, data: dict, classes: int = 0) -> tuple[nn.Module, nn
         raise DlcliError("d_norm batch is for dcgan's convolutional D; the MLP D takes "
                          "spectral or none")
     d = MLPDiscriminator(shape, config["d_hidden"], classes, config["d_dropout"],
-                         config["batch_std"])
-    return (MLPGenerator(shape, config["latent_dim"], config["g_hidden"], classes),
+                         config["batch_std"], config.get("codes", 0))
+    return (MLPGenerator(shape, generator_input(config), config["g_hidden"], classes),
             normalised(d, config["d_norm"]))
 
 

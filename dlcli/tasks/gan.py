@@ -13,6 +13,10 @@ from the preset:
                    images (Mescheder et al., 2018): D stays flat around the data, which
                    keeps the game from oscillating; 0 = off
   d_lr_scale       D's learning rate over G's: two time-scale updates (Heusel et al., 2017)
+  codes, classify  InfoGAN (Chen et al., 2016; gan, dcgan): G also reads a one-hot code of
+                   `codes` values drawn uniformly, and D's class head learns to read the
+                   code back from G's image, G to make it readable (weight `classify`): each
+                   code settles on one kind of image, so G draws fewer blends of kinds
   ema              decay of an exponential moving average of G's weights, kept as its own
                    module "generator_ema"; sampling and evaluation use it (0 = off)
 
@@ -78,6 +82,11 @@ class GANTask(ImageTask):
             self.ema = copy.deepcopy(self.generator).requires_grad_(False)
             self.modules["generator_ema"] = self.ema
             self.ema_pairs = None  # paired at the first update, see update_ema
+        self.codes = cfg.get("codes", 0)
+        if bool(self.codes) != bool(cfg.get("classify", 0)):
+            raise DlcliError("codes and classify go together (InfoGAN, gan and dcgan): codes "
+                             "K gives G a code of K values, classify W > 0 weighs the loss "
+                             "that ties each code to one kind of image")
         if cfg["loss"] not in LOSSES:
             raise DlcliError(f"unknown loss {cfg['loss']!r}; choose one of: {', '.join(LOSSES)}")
         self.real_target = 1.0 - cfg["label_smoothing"]
@@ -89,7 +98,10 @@ class GANTask(ImageTask):
         # global RNG stream (and so exact resume) untouched.
         g = torch.Generator().manual_seed(cfg["seed"] + 12345)
         n = GRID_ROWS * (self.classes if self.conditional else GRID_ROWS)
-        self.fixed_z = torch.randn(n, cfg["latent_dim"], generator=g).to(self.device)
+        self.fixed_z = self.noise(n, g)[0]
+        if self.codes:  # a row per code, as the cgan's grid has a row per label
+            row_code = torch.arange(n, device=self.device) // GRID_ROWS % self.codes
+            self.fixed_z[:, cfg["latent_dim"]:] = F.one_hot(row_code, self.codes)
         self.fixed_y = (labels_for("all", n, self.classes, self.device)[0]
                         if self.conditional else None)
         self.ema_steps = 0
@@ -103,6 +115,17 @@ class GANTask(ImageTask):
             "discriminator": make_optimizer(self.discriminator.parameters(), {"lr": d_lr}, betas=betas),
         }
 
+    def noise(self, n: int, generator: torch.Generator | None = None):
+        """(G's input for n images, their codes or None): standard-normal z (from
+        `generator`, else the global RNG), then, with codes, a one-hot code drawn uniformly."""
+        device = generator.device if generator is not None else self.device
+        z = torch.randn(n, self.config["latent_dim"], generator=generator, device=device)
+        if not self.codes:
+            return z.to(self.device), None
+        code = torch.randint(self.codes, (n,), generator=generator, device=device)
+        z = torch.cat([z, F.one_hot(code, self.codes).to(z.dtype)], 1)
+        return z.to(self.device), code.to(self.device)
+
     @property
     def sampler(self) -> torch.nn.Module:
         return self.ema if self.ema is not None else self.generator
@@ -114,7 +137,7 @@ class GANTask(ImageTask):
         y = y if self.conditional else None
         G, D = self.generator, self.discriminator
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
-        z = torch.randn(len(x), self.config["latent_dim"], device=self.device)
+        z, code = self.noise(len(x))
         fake = G(z, y)  # fakes of the same labels as the real batch (cgan)
 
         # D: tell real from fake; G's graph is cut off by detach()
@@ -122,19 +145,29 @@ class GANTask(ImageTask):
         if r1:
             x.requires_grad_(True)
         if D.per_sample:  # one pass over real and fake together: the same sums, faster
-            both = D(torch.cat([x, fake.detach()]), None if y is None else torch.cat([y, y]))
-            real_logit, fake_logit = both.chunk(2)
+            logits, classes = D.judge(torch.cat([x, fake.detach()]),
+                                      None if y is None else torch.cat([y, y]))
+            real_logit, fake_logit = logits.chunk(2)
+            fake_class = None if classes is None else classes.chunk(2)[1]
         else:  # batch statistics (BatchNorm, batch_std) must see real and fake apart
-            real_logit, fake_logit = D(x, y), D(fake.detach(), y)
+            real_logit, (fake_logit, fake_class) = D(x, y), D.judge(fake.detach(), y)
         d_loss = self.discriminator_loss(real_logit, fake_logit)
+        classify = self.config.get("classify", 0)
+        if classify:  # D's head learns to read the code G drew each fake from
+            d_loss = d_loss + classify * F.cross_entropy(fake_class.float(), code)
         if r1:
             d_loss = d_loss + r1 / 2 * r1_penalty(real_logit, x)
         self.optimize(d_loss, opt_d)
 
         # G: fool the updated D; only G's weights need gradients, so D's weight gradients
         # are never computed
-        gen_logit = D(fake, y)
+        gen_logit, gen_class = D.judge(fake, y)
         g_loss = self.generator_loss(gen_logit)
+        logs = {}
+        if classify:  # G: images whose code D reads back
+            misread = F.cross_entropy(gen_class.float(), code)
+            g_loss = g_loss + classify * misread
+            logs["g_misread"] = misread.item()
         self.optimize(g_loss, opt_g, inputs=list(G.parameters()))
         self.update_ema()
 
@@ -142,7 +175,7 @@ class GANTask(ImageTask):
         self.watch_discriminator(d_loss)
         return {"d_loss": d_loss, "g_loss": g_loss.item(),
                 "d_x": real_logit.detach().sigmoid().mean().item(),
-                "d_g_z": fake_logit.detach().sigmoid().mean().item()}
+                "d_g_z": fake_logit.detach().sigmoid().mean().item(), **logs}
 
     def discriminator_loss(self, real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
         if self.config["loss"] == "hinge":
@@ -193,7 +226,7 @@ class GANTask(ImageTask):
             m.momentum = None  # a plain average over the batches below
         self.ema.train()
         for _ in range(batches):
-            z = torch.randn(size, self.config["latent_dim"], generator=g).to(self.device)
+            z = self.noise(size, g)[0]
             # drawn even when unused, so every model's noise stream stays as it was
             y = torch.randint(max(self.classes, 1), (size,), generator=g).to(self.device)
             self.ema(z, y if self.conditional else None)
@@ -288,7 +321,8 @@ class GANTask(ImageTask):
         """Images in [0, 1] from noise rows z (and labels y), in batches. z is scaled by
         the `truncation` key first: below 1 it trades variety for typical, cleaner digits
         (the truncation trick of Brock et al., 2019)."""
-        z = z * self.config.get("truncation", 1.0)
+        t, noise = self.config.get("truncation", 1.0), self.config["latent_dim"]
+        z = torch.cat([z[:, :noise] * t, z[:, noise:]], 1)  # the codes (InfoGAN) stay one-hot
         self.sampler.train(False)
         out = [self.sampler(z[i:i + batch_size], None if y is None else y[i:i + batch_size])
                for i in range(0, len(z), batch_size)]
@@ -299,12 +333,14 @@ class GANTask(ImageTask):
         the CLI seeds with --seed."""
         if grid not in (None, "samples"):
             raise DlcliError(f"{self.spec.name} has no --grid {grid!r}; choose one of: samples")
-        latent, dev = self.config["latent_dim"], self.device
+        dev = self.device
         if interpolate:
             # rows walking a straight line between two noise vectors; --label all: one row
             # per digit, all along the same path, so only the style changes along a row
             rows = self.classes if label == "all" else max(1, n // INTERPOLATION_STEPS)
-            start, end = torch.randn(2, 1 if label == "all" else rows, latent, device=dev)
+            ends = self.noise(2 * (1 if label == "all" else rows))[0]
+            start, end = ends.view(2, -1, ends.shape[1])
+            end[:, self.config["latent_dim"]:] = start[:, self.config["latent_dim"]:]  # a row keeps its code
             z = interpolation_path(start, end, INTERPOLATION_STEPS)
             z = z.repeat(rows, 1) if label == "all" else z
             y = None
@@ -317,15 +353,15 @@ class GANTask(ImageTask):
             y, per_row = labels_for(label, n, self.classes, dev)
         else:
             y, per_row = None, min(n, 8)
-        z = torch.randn(n if y is None else len(y), latent, device=dev)
-        return self.generate(z, y), per_row
+        return self.generate(self.noise(n if y is None else len(y))[0], y), per_row
 
     def networks(self) -> dict:
         from dlcli.export import Network, Wrapped, image_port, label_port, noise_port
 
         G = self.sampler
-        z = noise_port("z", self.config["latent_dim"], "standard-normal noise (scaled by "
-                       "less than 1 it gives cleaner, less varied images)")
+        z = noise_port("z", self.config["latent_dim"] + self.codes, "standard-normal noise (scaled "
+                       "by less than 1 it gives cleaner, less varied images)" + (
+                           f", then a one-hot code of {self.codes}" if self.codes else ""))
         return {"generator": Network(Wrapped(lambda *inputs: (G(*inputs) + 1) / 2, generator=G),
                                      [z] + ([label_port(self.classes)] if self.conditional else []),
                                      [image_port(shape=self.data_spec["shape"])])}
@@ -351,7 +387,7 @@ class GANTask(ImageTask):
         def batches(size: int = 1000):  # made as they are scored: memory stays flat
             for start in range(0, samples, size):
                 n = min(size, samples - start)
-                z = torch.randn(n, self.config["latent_dim"], generator=g).to(self.device)
+                z = self.noise(n, g)[0]
                 y = ((torch.arange(start, start + n, device=self.device) % self.classes)
                      if self.conditional else None)
                 yield self.generate(z, y), y
