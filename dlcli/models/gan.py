@@ -68,9 +68,9 @@ def class_head(features: int, heads: int, pack: int = 1) -> nn.Module | None:
     return nn.Linear(features, pack * heads) if heads else None
 
 
-def classified(head: nn.Module | None, h: torch.Tensor, heads: int) -> torch.Tensor | None:
-    """(images, heads) class logits from features h (one row per group of images)."""
-    return None if head is None else head(h.flatten(1)).view(-1, heads)
+def classified(head: nn.Module | None, h: torch.Tensor, pack: int = 1) -> torch.Tensor | None:
+    """(images, heads) class logits from features h (one row per group of `pack` images)."""
+    return None if head is None else head(h.flatten(1)).view(len(h) * pack, -1)
 
 
 def leaky(dropout: float = 0.0) -> list[nn.Module]:
@@ -91,7 +91,7 @@ class MLPDiscriminator(nn.Module):
     def __init__(self, shape: tuple[int, ...], hidden: list[int], classes: int = 0,
                  dropout: float = 0.0, batch_std: bool = False, heads: int = 0):
         super().__init__()
-        self.classes, self.batch_std, self.heads = classes, batch_std, heads
+        self.classes, self.batch_std = classes, batch_std
         self.per_sample = not batch_std  # each score depends on its own image alone
         layers, width = [], math.prod(shape) + classes
         for h in hidden:
@@ -109,7 +109,7 @@ class MLPDiscriminator(nn.Module):
         h = self.body(with_label(x.flatten(1), y, self.classes))
         logit = self.out(minibatch_std(h) if self.batch_std else h).squeeze(1)
         logit = logit if y is None else logit + (self.project(y) * h).sum(1)
-        return logit, classified(self.classify, h, self.heads)
+        return logit, classified(self.classify, h)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.judge(x, y)[0]
@@ -169,7 +169,7 @@ class ConvDiscriminator(nn.Module):
                  pack: int = 1, norm: str = "batch", dropout: float = 0.0, heads: int = 0):
         super().__init__()
         colours, height, width_px = shape
-        self.batch_std, self.pack, self.heads = batch_std, pack, heads
+        self.batch_std, self.pack = batch_std, pack
         self.per_sample = norm != "batch" and not batch_std  # else a score depends on the batch
         w, bn = width, norm == "batch"
         self.body = nn.Sequential(
@@ -186,7 +186,7 @@ class ConvDiscriminator(nn.Module):
         """(real/fake logit of each group, class logits of each image or None)."""
         h = self.body(pack_groups(x, self.pack))  # (B / pack) groups
         logit = self.out((with_spread(h) if self.batch_std else h).flatten(1)).squeeze(1)
-        return logit, classified(self.classify, h, self.heads)
+        return logit, classified(self.classify, h, self.pack)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.judge(x, y)[0]
@@ -224,7 +224,7 @@ class RadfordDiscriminator(nn.Module):
                  pack: int = 1, norm: str = "batch", dropout: float = 0.0, heads: int = 0):
         super().__init__()
         colours, side = shape[0], shape[1]
-        self.batch_std, self.pack, self.heads = batch_std, pack, heads
+        self.batch_std, self.pack = batch_std, pack
         self.per_sample = norm != "batch" and not batch_std  # else a score depends on the batch
         w, side, bn = width, side // 2, norm == "batch"
         layers = [nn.Conv2d(pack * colours, w, 4, 2, 1, bias=False), *leaky(dropout)]
@@ -240,7 +240,7 @@ class RadfordDiscriminator(nn.Module):
         """(real/fake logit of each group, class logits of each image or None)."""
         h = self.body(pack_groups(x, self.pack))
         logit = self.out(with_spread(h) if self.batch_std else h).flatten()
-        return logit, classified(self.classify, h, self.heads)
+        return logit, classified(self.classify, h, self.pack)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.judge(x, y)[0]

@@ -357,9 +357,10 @@ class GANTask(ImageTask):
 
     def networks(self) -> dict:
         from dlcli.export import Network, Wrapped, image_port, label_port, noise_port
+        from dlcli.models.gan import generator_input
 
         G = self.sampler
-        z = noise_port("z", self.config["latent_dim"] + self.codes, "standard-normal noise (scaled "
+        z = noise_port("z", generator_input(self.config), "standard-normal noise (scaled "
                        "by less than 1 it gives cleaner, less varied images)" + (
                            f", then a one-hot code of {self.codes}" if self.codes else ""))
         return {"generator": Network(Wrapped(lambda *inputs: (G(*inputs) + 1) / 2, generator=G),
