@@ -1,6 +1,7 @@
-"""CPU cost of one training update of a preset: user and system seconds, and page faults.
+"""CPU cost of one training update of a preset: user and system time, and page faults.
 
-  python benchmarks/update_cost.py PRESET [--precision 32] [--steps 8] [--data-dir DIR]
+  python benchmarks/update_cost.py PRESET [--set KEY=VALUE]... [--precision 32] [--steps 8]
+                                   [--data-dir DIR]
 
 Builds the task as `dlcli train` does, takes two updates to warm up, then times `--steps`
 more (the same batches every run, so precisions compare like for like). CPU seconds, not
@@ -26,12 +27,14 @@ from dlcli.train import prepare_task
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset")
+    parser.add_argument("--set", action="append", default=[], dest="sets",
+                        help="a preset key changed, as dlcli train --set takes it")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--data-dir", default="../shared/data")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = resolve_config(get_spec_name(args.preset), args.preset)
+    config = resolve_config(get_spec_name(args.preset), args.preset, args.sets)
     spec = get_spec(config["model"])
     task, precision = prepare_task(spec, config, torch.device("cpu"), args.data_dir, None,
                                    args.precision)
@@ -46,8 +49,9 @@ def main() -> None:
     after, end = resource.getrusage(resource.RUSAGE_SELF), os.times()
     n = args.steps
     faults = (after.ru_minflt - before.ru_minflt) / n
-    print(f"{args.preset} {precision}: user {(end.user - times.user) / n:.2f} s, system "
-          f"{(end.system - times.system) / n:.2f} s, {faults:,.0f} page faults "
+    name = " ".join([args.preset, *args.sets])
+    print(f"{name} {precision}: user {(end.user - times.user) / n * 1000:.1f} ms, "
+          f"system {(end.system - times.system) / n * 1000:.1f} ms, {faults:,.0f} page faults "
           f"({faults * 4096 / 2**20:,.0f} MiB) an update")
 
 

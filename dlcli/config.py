@@ -52,6 +52,7 @@ KEYS_ADDED_LATER = {  # key: value, or {model: value}
     "r1": 0.0,
     "d_dropout": 0.0,  # dcgan; the MLP GANs always had it
     "codes": 0,
+    "clusters": 0,
     "classify": 0.0,
     "attention_dropout": None,  # None: the same as `dropout` (one rate for everything)
     "activation_dropout": None,
@@ -83,7 +84,7 @@ NUMBER_RULES = {
     **dict.fromkeys(("dropout", "attention_dropout", "activation_dropout", "d_dropout",
                      "label_smoothing", "momentum", "ema", "beta1", "beta2", "val_fraction"),
                     FRACTION),
-    "codes": (lambda x: x == 0 or x >= 2, "0 (off) or at least 2"),
+    **dict.fromkeys(("codes", "clusters"), (lambda x: x == 0 or x >= 2, "0 (off) or at least 2")),
     "max_len": (lambda x: x >= 2, "at least 2 (an end token and one more)"),
     "seed": (lambda x: -2**63 <= x < 2**63, "64 bits (-2**63 to 2**63 - 1)"),
 }

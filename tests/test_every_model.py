@@ -24,9 +24,9 @@ TINY = {
     "perceptron": [],
     "mlp": ["hidden=[8]"],
     "cnn": ["channels=[2, 4]", "width=8"],
-    "gan": ["g_hidden=[8, 8]", "d_hidden=[8]", "latent_dim=4", "ema=0.9"],
+    "gan": ["g_hidden=[8, 8]", "d_hidden=[8]", "latent_dim=4", "ema=0.9", "clusters=3"],
     "cgan": ["g_hidden=[8, 8]", "d_hidden=[8]", "latent_dim=4"],
-    "dcgan": ["width=2", "latent_dim=4", "pack=1"],
+    "dcgan": ["width=2", "latent_dim=4", "pack=1", "clusters=3"],
     "vae": ["hidden=[8]", "latent=2"],
     "cvae": ["hidden=[8]", "latent=2"],
     "beta-vae": ["hidden=[8]", "latent=2"],
@@ -226,7 +226,7 @@ def test_dcgan_at_64_pixels_is_radfords():
 
     from dlcli.models.gan import build_dcgan
 
-    config = tiny("dcgan", ["width=8", "latent_dim=16", "pack=1"])
+    config = tiny("dcgan", ["width=8", "latent_dim=16", "pack=1", "clusters=0"])
     g, d = build_dcgan(config, {"shape": [3, 64, 64], "classes": []})
     first = g.net[0]
     assert isinstance(first, nn.ConvTranspose2d) and first.out_channels == 64  # 8w

@@ -50,7 +50,8 @@ def trained(tmp_path_factory):
 def test_training_writes_run_with_both_networks(trained, model):
     ckpt = load_checkpoint(trained[model], expect_model=model)
     run = trained[model].parent
-    assert sorted(ckpt.module_names()) == ["discriminator", "generator", "generator_ema"]
+    groups = ["clusters"] if model != "cgan" else []  # the presets' k-means groups
+    assert sorted(ckpt.module_names()) == groups + ["discriminator", "generator", "generator_ema"]
     # both optimizers are in the resume state, each with Adam moments for every parameter
     optimizers = ckpt.state["task"]["optimizers"]
     assert set(optimizers) == {"generator", "discriminator"}
@@ -88,7 +89,7 @@ def test_ema_follows_the_generator_in_channels_last_memory():
 
 
 def test_ema_off_and_batch_std(tmp_path):
-    ckpt = load_checkpoint(train_tiny("gan", tmp_path / "r", ema=0, batch_std="true"))
+    ckpt = load_checkpoint(train_tiny("gan", tmp_path / "r", ema=0, batch_std="true", clusters=0))
     assert sorted(ckpt.module_names()) == ["discriminator", "generator"]
     # the minibatch-std feature is one more input of D's last layer
     assert ckpt.state_dict("discriminator")["out.weight"].shape == (1, 32 + 1)
@@ -115,7 +116,8 @@ def test_pack_must_divide_the_batch(cli, tmp_path):
 
 # dcgan under bf16 also checks autocast state survives a resume; it is the slowest (`-m slow`)
 @pytest.mark.parametrize("model,extra", [
-    ("cgan", {}), pytest.param("dcgan", {"precision": "bf16"}, marks=pytest.mark.slow)])
+    ("cgan", {}), ("gan", {"clusters": 5}),  # gan: its groups come back, not fitted again
+    pytest.param("dcgan", {"precision": "bf16"}, marks=pytest.mark.slow)])
 def test_resume_is_exact(tmp_path, model, extra):
     """2 epochs straight == 1 epoch + resume: both optimizers, the RNG stream and the EMA
     come back, and the fixed-noise grid does not disturb the global RNG. dcgan under bf16
@@ -124,7 +126,7 @@ def test_resume_is_exact(tmp_path, model, extra):
     first = train_tiny(model, tmp_path / "b", epochs=1, **extra)
     resumed = load_checkpoint(train_tiny(model, tmp_path / "b", epochs=2, resume=first, **extra))
     assert resumed.epoch == straight.epoch == 2
-    for name in ("generator", "discriminator", "generator_ema"):
+    for name in straight.module_names():
         a, b = straight.state_dict(name), resumed.state_dict(name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
@@ -431,7 +433,7 @@ def test_hinge_spectral_r1_train(tmp_path, model):
 def test_spectral_norm_bounds_each_layer():
     from dlcli.models.gan import build_mlp
 
-    _, d = build_mlp(tiny_config("gan", d_norm="spectral"), {"shape": [1, 28, 28]})
+    _, d = build_mlp(tiny_config("gan", d_norm="spectral", clusters=0), {"shape": [1, 28, 28]})
     for _ in range(30):  # power iterations, one per training-mode forward
         d(torch.rand(4, 1, 28, 28))
     for layer in (m for m in d.modules() if isinstance(m, torch.nn.Linear)):
@@ -464,9 +466,13 @@ def test_hinge_loss_values():
     (["d_norm=layer"], ["d_norm", "spectral"]),
     (["d_norm=batch"], ["d_norm", "dcgan"]),  # the MLP D has no BatchNorm to keep
     (["r1=-1"], ["r1"]),
-    (["codes=10"], ["codes", "classify"]),  # a code nothing ties to a kind of image
+    (["codes=10", "clusters=0"], ["codes", "classify"]),  # a code nothing ties to a kind of image
     (["classify=1"], ["classify", "codes"]),  # nothing to classify
     (["codes=1", "classify=1"], ["codes", "at least 2"]),
+    (["codes=10", "classify=1"], ["codes", "clusters=0"]),  # the preset's groups are a code too
+    (["codes=10", "clusters=10"], ["codes", "clusters"]),
+    (["clusters=1"], ["clusters", "at least 2"]),
+    (["clusters=20000"], ["clusters 20000", "10,000"]),  # more groups than training images
 ])
 def test_bad_gan_options_exit_2(cli, tmp_path, sets, words):
     args = [a for s in sets for a in ("--set", s)]
@@ -480,11 +486,11 @@ def test_bad_gan_options_exit_2(cli, tmp_path, sets, words):
 def test_checkpoints_from_before_the_options_read_as_trained(model, norm):
     from dlcli.config import config_against_schema
 
-    later = ("loss", "d_norm", "r1", "codes", "classify", "d_dropout")
+    later = ("loss", "d_norm", "r1", "codes", "clusters", "classify", "d_dropout")
     old = {k: v for k, v in tiny_config(model).items() if k not in later}
     read = config_against_schema(model, old)
     assert (read["loss"], read["d_norm"], read["r1"]) == ("nonsaturating", norm, 0.0)
-    assert (read["codes"], read["classify"]) == (0, 0.0)
+    assert (read["codes"], read["clusters"], read["classify"]) == (0, 0, 0.0)
 
 
 def test_precision_recall_tell_clean_from_varied():
@@ -509,7 +515,7 @@ def test_precision_recall_tell_clean_from_varied():
 
 @pytest.mark.parametrize("model", ["gan", "dcgan"])
 def test_infogan_codes_reach_g_and_d_learns_to_read_them(model):
-    task = gan_task(model, codes=4, classify=1.0, lr=0.002)
+    task = gan_task(model, codes=4, clusters=0, classify=1.0, lr=0.002)
     z, code = task.noise(500, torch.Generator().manual_seed(0))
     latent = task.config["latent_dim"]
     assert z.shape == (500, latent + 4)
@@ -527,7 +533,7 @@ def test_infogan_codes_reach_g_and_d_learns_to_read_them(model):
 
 
 def test_truncation_scales_the_noise_not_the_code(monkeypatch):
-    task = gan_task("gan", codes=3, classify=1.0, truncation=0.5)
+    task = gan_task("gan", codes=3, clusters=0, classify=1.0, truncation=0.5)
     seen = []
     monkeypatch.setattr(task.generator, "forward", lambda z, y=None: seen.append(z) or
                         torch.zeros(len(z), 1, 28, 28))
@@ -547,3 +553,76 @@ def test_truncation_scales_the_noise_not_the_code(monkeypatch):
 def test_cgan_has_no_codes(cli, tmp_path):
     proc = cli("train", "cgan", "--set", "codes=10", "--epochs", "1", "--run-dir", tmp_path / "r")
     assert proc.returncode == 2 and "codes" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- k-means groups as G's code (clusters) ------------------------------------------------
+
+def test_kmeans_finds_separated_groups_whatever_their_order():
+    from dlcli.tasks.gan import kmeans, nearest
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    truth = torch.arange(400) % 4
+    points = centres[truth] + 0.5 * torch.randn(400, 2, generator=g)
+    groups = nearest(points, kmeans(points, 4, torch.Generator().manual_seed(1)))
+    # the same partition as the truth, whatever each group's index
+    assert all(len(set(groups[truth == t].tolist())) == 1 for t in range(4))
+    assert len(set(groups.tolist())) == 4
+    order = torch.randperm(400, generator=g)
+    shuffled = nearest(points, kmeans(points[order], 4, torch.Generator().manual_seed(1)))
+    assert all(len(set(shuffled[truth == t].tolist())) == 1 for t in range(4))
+    # all points alike: k-means++ still seeds, and every point lands in one group
+    same = nearest(torch.ones(50, 3), kmeans(torch.ones(50, 3), 5, torch.Generator().manual_seed(0)))
+    assert len(set(same.tolist())) == 1
+
+
+@pytest.mark.parametrize("model", ["gan", "dcgan"])
+def test_clusters_give_g_the_groups_of_the_training_images(model):
+    from dlcli.tasks.gan import cluster_view, nearest
+
+    torch.manual_seed(0)
+    task = gan_task(model, clusters=6, lr=0.002)
+    latent = task.config["latent_dim"]
+    batches = task.train_batches(0)  # fits the groups
+    groups = task.clusters
+    assert bool(groups.fitted) and int(groups.sizes.sum()) == len(task.train_data)
+    images, _ = task.train_data.take(slice(0, 300))
+    x, y = batches[0]
+    # a training batch pairs each image with its group: the centroid nearest to it
+    assert torch.equal(y, nearest(cluster_view(x).flatten(1), groups.centroids))
+    assert torch.equal(task.cluster_of[task.train_data.rows[:300]],
+                       nearest(cluster_view(images).flatten(1), groups.centroids))
+    # codes are drawn as often as their group holds images
+    z, code = task.noise(20000, torch.Generator().manual_seed(0))
+    assert torch.equal(z[:, latent:], torch.nn.functional.one_hot(code, 6).float())
+    share = torch.bincount(code, minlength=6) / 20000
+    assert torch.allclose(share, groups.sizes / groups.sizes.sum(), atol=0.015)
+    assert task.fixed_z.shape == (100, latent + 6)
+    # D is conditioned on the group: it learns to score real images higher with their own
+    # group than with another (judged as in training: on the batch's statistics)
+    for _ in range(30):
+        logs = task.train_step(batches[0])
+    assert all(np.isfinite(v) for v in logs.values())
+    with torch.no_grad():
+        own, other = (task.discriminator(x * 2 - 1, g) for g in (y, (y + 1) % 6))
+    assert own.mean() > other.mean() + 0.2
+
+
+def test_projection_keeps_the_cgan_tensor_name(trained):
+    """cgan checkpoints written before the groups name D's label embedding project.weight."""
+    saved = load_checkpoint(trained["cgan"]).state_dict("discriminator")
+    assert saved["project.weight"].shape == (10, 32)  # classes x D's last width (TINY)
+
+
+def test_clusters_travel_with_the_checkpoint(cli, tmp_path):
+    run = tmp_path / "r"
+    tiny = [a for s in TINY["gan"] for a in ("--set", s)]
+    proc = cli("train", "gan", "--epochs", "1", "--set", "clusters=7", *tiny, "--run-dir", run)
+    assert proc.returncode == 0, proc.stderr
+    assert "7 groups" in proc.stderr
+    ckpt = load_checkpoint(run / "best.safetensors")
+    saved = ckpt.state_dict("clusters")
+    assert saved["centroids"].shape == (7, 784) and int(saved["sizes"].sum()) > 0
+    out = tmp_path / "s.npy"
+    assert cli("sample", "gan", "-c", run / "best.safetensors", "-n", "12", "-o", out).returncode == 0
+    assert np.load(out).shape[0] == 12

@@ -22,6 +22,11 @@ The unconditional Ds can also classify what they see (heads > 0): a linear head 
 features gives class logits for each image, beside the real/fake logit (judge()). The task
 trains it to read the categorical code G drew an image from (InfoGAN, Chen et al., 2016).
 
+With `clusters`, G reads a one-hot group of the training images with its noise, and every D
+is conditioned on that group as the cgan's is on the label: the projection term
+<embed(group), features> (Miyato & Koyama, 2018) is added to its logit, so D judges whether
+an image is a real member of the group it comes with.
+
 D's normalisation (d_norm): "batch" (Radford et al.'s BatchNorm, dcgan only), "spectral"
 (every weight divided by its largest singular value, Miyato et al., 2018: D becomes
 1-Lipschitz per layer, so its gradients to G stay bounded without batch statistics), "none".
@@ -63,6 +68,32 @@ class MLPGenerator(nn.Module):
         return self.net(with_label(z, y, self.classes)).view(-1, *self.shape)
 
 
+class Projection(nn.Embedding):
+    """The conditional part of D's logit (Miyato & Koyama, 2018): <embed(y), h>, the inner
+    product of D's last features h with a learned embedding of the condition y. For a
+    packed D, h describes a group of `pack` images, each with its own y: their embeddings
+    are summed. (An Embedding itself, so its one weight keeps the name cgan checkpoints
+    give it.)"""
+
+    def __init__(self, values: int, features: int, pack: int = 1):
+        super().__init__(values, features)
+        self.pack = pack
+
+    def score(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = h.flatten(1)
+        return (super().forward(y).view(len(h), self.pack, -1).sum(1) * h).sum(1)
+
+
+def projection(values: int, features: int, pack: int = 1) -> Projection | None:
+    return Projection(values, features, pack) if values else None
+
+
+def projected(logit: torch.Tensor, project: Projection | None, h: torch.Tensor,
+              y: torch.Tensor | None) -> torch.Tensor:
+    """D's logit, plus the projection term when D is conditioned on y."""
+    return logit if y is None else logit + project.score(h, y)
+
+
 def class_head(features: int, heads: int, pack: int = 1) -> nn.Module | None:
     """Class logits for each of the `pack` images that `features` describe (heads > 0)."""
     return nn.Linear(features, pack * heads) if heads else None
@@ -99,17 +130,16 @@ class MLPDiscriminator(nn.Module):
             width = h
         self.body = nn.Sequential(*layers)
         self.out = nn.Linear(width + batch_std, 1)
-        # conditional: besides the one-hot input, a projection term <embed(y), h> (Miyato &
-        # Koyama, 2018) that scores how well the features match the label asked for
-        self.project = nn.Embedding(classes, width) if classes else None
+        # conditional: besides the one-hot input, a projection term that scores how well
+        # the features match the label asked for
+        self.project = projection(classes, width)
         self.classify = class_head(width, heads)
 
     def judge(self, x: torch.Tensor, y: torch.Tensor | None = None):
         """(real/fake logit, class logits or None) of each image."""
         h = self.body(with_label(x.flatten(1), y, self.classes))
         logit = self.out(minibatch_std(h) if self.batch_std else h).squeeze(1)
-        logit = logit if y is None else logit + (self.project(y) * h).sum(1)
-        return logit, classified(self.classify, h)
+        return projected(logit, self.project, h, y), classified(self.classify, h)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.judge(x, y)[0]
@@ -166,7 +196,8 @@ class ConvDiscriminator(nn.Module):
     look alike, which real groups do not, so dropping modes is punished."""
 
     def __init__(self, shape: tuple[int, int, int], width: int, batch_std: bool = False,
-                 pack: int = 1, norm: str = "batch", dropout: float = 0.0, heads: int = 0):
+                 pack: int = 1, norm: str = "batch", dropout: float = 0.0, heads: int = 0,
+                 groups: int = 0):
         super().__init__()
         colours, height, width_px = shape
         self.batch_std, self.pack = batch_std, pack
@@ -181,12 +212,14 @@ class ConvDiscriminator(nn.Module):
         cells = (height // 4) * (width_px // 4)
         self.out = nn.Linear((2 * w + batch_std) * cells, 1)
         self.classify = class_head(2 * w * cells, heads, pack)
+        self.project = projection(groups, 2 * w * cells, pack)
 
     def judge(self, x: torch.Tensor, y: torch.Tensor | None = None):
-        """(real/fake logit of each group, class logits of each image or None)."""
+        """(real/fake logit of each group, class logits of each image or None); y: each
+        image's group, with `groups`."""
         h = self.body(pack_groups(x, self.pack))  # (B / pack) groups
         logit = self.out((with_spread(h) if self.batch_std else h).flatten(1)).squeeze(1)
-        return logit, classified(self.classify, h, self.pack)
+        return projected(logit, self.project, h, y), classified(self.classify, h, self.pack)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.judge(x, y)[0]
@@ -221,7 +254,8 @@ class RadfordDiscriminator(nn.Module):
     convolution makes the logit. pack and batch_std as in ConvDiscriminator."""
 
     def __init__(self, shape: tuple[int, int, int], width: int, batch_std: bool = False,
-                 pack: int = 1, norm: str = "batch", dropout: float = 0.0, heads: int = 0):
+                 pack: int = 1, norm: str = "batch", dropout: float = 0.0, heads: int = 0,
+                 groups: int = 0):
         super().__init__()
         colours, side = shape[0], shape[1]
         self.batch_std, self.pack = batch_std, pack
@@ -235,20 +269,25 @@ class RadfordDiscriminator(nn.Module):
         self.body = nn.Sequential(*layers)
         self.out = nn.Conv2d(w + batch_std, 1, 4, 1, 0, bias=False)
         self.classify = class_head(w * 4 * 4, heads, pack)
+        self.project = projection(groups, w * 4 * 4, pack)
 
     def judge(self, x: torch.Tensor, y: torch.Tensor | None = None):
-        """(real/fake logit of each group, class logits of each image or None)."""
+        """(real/fake logit of each group, class logits of each image or None); y: each
+        image's group, with `groups`."""
         h = self.body(pack_groups(x, self.pack))
         logit = self.out(with_spread(h) if self.batch_std else h).flatten()
-        return logit, classified(self.classify, h, self.pack)
+        return projected(logit, self.project, h, y), classified(self.classify, h, self.pack)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.judge(x, y)[0]
 
 
 def dcgan_init(module: nn.Module) -> None:
-    """Radford et al.: weights from N(0, 0.02), BatchNorm scales from N(1, 0.02)."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+    """Radford et al.: weights from N(0, 0.02), BatchNorm scales from N(1, 0.02); the
+    projection's embedding too (at torch's N(0, 1), its term would swamp the logit)."""
+    if isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
@@ -263,21 +302,27 @@ def takes_radford(shape) -> bool:
     return shape[1] == shape[2] and side >= 16 and side & (side - 1) == 0
 
 
+def code_values(config: dict) -> int:
+    """How many values G's categorical code takes: InfoGAN's `codes`, or the `clusters` of
+    the training images (0: no code)."""
+    return config.get("codes", 0) or config.get("clusters", 0)
+
+
 def generator_input(config: dict) -> int:
-    """What G reads: the noise z, then the one-hot categorical code (InfoGAN's `codes`)."""
-    return config["latent_dim"] + config.get("codes", 0)
+    """What G reads: the noise z, then the one-hot categorical code (code_values)."""
+    return config["latent_dim"] + code_values(config)
 
 
 def build_dcgan(config: dict, data: dict) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) for images of `data`'s shape: Radford et al.'s pair for
     square power-of-two sides, the compact pair for other sides divisible by 4 (28)."""
     shape, latent, width = tuple(data["shape"]), generator_input(config), config["width"]
-    d_options = (config["batch_std"], config["pack"], config["d_norm"], config["d_dropout"],
-                 config.get("codes", 0))
+    options = (config["batch_std"], config["pack"], config["d_norm"], config["d_dropout"],
+               config.get("codes", 0), config.get("clusters", 0))  # InfoGAN heads; groups
     if takes_radford(shape):
-        g, d = RadfordGenerator(shape, latent, width), RadfordDiscriminator(shape, width, *d_options)
+        g, d = RadfordGenerator(shape, latent, width), RadfordDiscriminator(shape, width, *options)
     elif shape[1] % 4 == 0 and shape[2] % 4 == 0:
-        g, d = ConvGenerator(shape, latent, width), ConvDiscriminator(shape, width, *d_options)
+        g, d = ConvGenerator(shape, latent, width), ConvDiscriminator(shape, width, *options)
     else:
         raise DlcliError(f"dcgan takes square images of 16, 32, 64, 128... pixels, or sides "
                          f"divisible by 4 (28x28); these are {'x'.join(map(str, shape[1:]))}: "
@@ -304,8 +349,9 @@ def build_mlp(config: dict, data: dict, classes: int = 0) -> tuple[nn.Module, nn
     if config["d_norm"] == "batch":
         raise DlcliError("d_norm batch is for dcgan's convolutional D; the MLP D takes "
                          "spectral or none")
-    d = MLPDiscriminator(shape, config["d_hidden"], classes, config["d_dropout"],
-                         config["batch_std"], config.get("codes", 0))
+    # conditioned on the label (cgan) or on the group of the training images (clusters)
+    d = MLPDiscriminator(shape, config["d_hidden"], classes or config.get("clusters", 0),
+                         config["d_dropout"], config["batch_std"], config.get("codes", 0))
     return (MLPGenerator(shape, generator_input(config), config["g_hidden"], classes),
             normalised(d, config["d_norm"]))
 

@@ -17,6 +17,14 @@ from the preset:
                    `codes` values drawn uniformly, and D's class head learns to read the
                    code back from G's image, G to make it readable (weight `classify`): each
                    code settles on one kind of image, so G draws fewer blends of kinds
+  clusters         (gan, dcgan) G's one-hot code is a group of the training images:
+                   k-means splits them into `clusters` groups before training, and D is
+                   conditioned on the group as the cgan's D is on the label (each real
+                   image with its own group, each fake with the group G was asked for).
+                   Each group is a kind of image, so G learns one kind at a time, as a
+                   cgan does, without labels (the self-conditioned GAN of Liu et al.,
+                   2020, with the groups fitted once); codes are drawn as often as their
+                   group holds training images
   ema              decay of an exponential moving average of G's weights, kept as its own
                    module "generator_ema"; sampling and evaluation use it (0 = off)
 
@@ -36,6 +44,7 @@ import torch.nn.functional as F
 
 from dlcli.console import notice, warn
 from dlcli.errors import DlcliError
+from dlcli.models.gan import code_values
 from dlcli.optim import make_optimizer
 from dlcli.tasks.image import ImageTask, interpolation_path, labels_for
 
@@ -48,6 +57,9 @@ JUDGE_ACCURACY = 0.95
 JUDGED_SAMPLES = 100
 WARMUP_EPOCHS = 1
 LOSSES = ("nonsaturating", "hinge")
+KMEANS_POINTS = 20000  # training images k-means fits its groups on (then every one is assigned)
+KMEANS_CHUNK = 8192  # images converted and assigned at a time: memory stays flat
+KMEANS_SIDE = 32  # images are averaged down to at most this many pixels a side for k-means
 INTERPOLATION_STEPS = 10  # images per --interpolate row
 
 
@@ -60,6 +72,56 @@ def r1_penalty(real_logit: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     that D's step also minimises it."""
     grad, = torch.autograd.grad(real_logit.float().sum(), x, create_graph=True)
     return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
+def cluster_view(images: torch.Tensor) -> torch.Tensor:
+    """Images (uint8 or [0, 1]) as k-means sees them: floats in [0, 1], averaged down to at
+    most KMEANS_SIDE pixels a side (so large images cluster as fast as MNIST)."""
+    x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    factor = math.ceil(max(x.shape[-2:]) / KMEANS_SIDE)
+    return F.avg_pool2d(x, factor, ceil_mode=True) if factor > 1 else x
+
+
+def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of each point's nearest centroid: argmin of |c|^2 - 2 p.c (|p|^2 is the same
+    for every centroid), in chunks so that the distance matrix stays small."""
+    squares = centroids.square().sum(1)
+    return torch.cat([(squares - 2 * p @ centroids.T).argmin(1)
+                      for p in points.split(KMEANS_CHUNK)])
+
+
+def kmeans(points: torch.Tensor, k: int, generator: torch.Generator,
+           iterations: int = 20) -> torch.Tensor:
+    """k centroids of `points` (n, features): k-means++ seeding (Arthur & Vassilvitskii,
+    2007: each next seed drawn with probability proportional to its squared distance from
+    the nearest seed so far), then Lloyd's iterations. A group left empty keeps its centroid."""
+    def pick(weights):
+        return int(torch.multinomial(weights.cpu(), 1, generator=generator))
+
+    centroids = points[[pick(torch.ones(len(points)))]]
+    gap = (points - centroids[0]).square().sum(1)
+    for _ in range(1, k):
+        chosen = points[pick(gap if bool(gap.any()) else torch.ones(len(points)))]  # all alike
+        centroids = torch.cat([centroids, chosen[None]])
+        gap = torch.minimum(gap, (points - chosen).square().sum(1))
+    for _ in range(iterations):
+        groups = nearest(points, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, groups, points)
+        counts = torch.bincount(groups, minlength=k)
+        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centroids)
+    return centroids
+
+
+class ClusterCodes(torch.nn.Module):
+    """The groups of the training images (clusters): their centroids, as k-means sees the
+    images (cluster_view), and how many images each holds (G's codes are drawn by it).
+    Buffers, so that checkpoints keep them and a resumed run trains on the same groups."""
+
+    def __init__(self, k: int, features: int):
+        super().__init__()
+        self.register_buffer("centroids", torch.zeros(k, features))
+        self.register_buffer("sizes", torch.ones(k))  # uniform until fitted
+        self.register_buffer("fitted", torch.tensor(False))
 
 
 class GANTask(ImageTask):
@@ -82,11 +144,21 @@ class GANTask(ImageTask):
             self.ema = copy.deepcopy(self.generator).requires_grad_(False)
             self.modules["generator_ema"] = self.ema
             self.ema_pairs = None  # paired at the first update, see update_ema
-        self.codes = cfg.get("codes", 0)
-        if bool(self.codes) != bool(cfg.get("classify", 0)):
+        self.codes = code_values(cfg)
+        self.clusters = None  # the k-means groups of the training images (`clusters`)
+        if cfg.get("codes", 0) and cfg.get("clusters", 0):
+            raise DlcliError("codes and clusters both give G its code: choose one (codes: "
+                             "InfoGAN's, drawn uniformly; clusters: groups of the training "
+                             "images; --set clusters=0 for InfoGAN's)")
+        if bool(cfg.get("codes", 0)) != bool(cfg.get("classify", 0)):
             raise DlcliError("codes and classify go together (InfoGAN, gan and dcgan): codes "
                              "K gives G a code of K values, classify W > 0 weighs the loss "
                              "that ties each code to one kind of image")
+        if cfg.get("clusters", 0):
+            features = math.prod(cluster_view(torch.zeros(1, *self.data_spec["shape"])).shape)
+            self.clusters = ClusterCodes(cfg["clusters"], features).to(self.device)
+            self.modules["clusters"] = self.clusters
+            self.cluster_of = None  # each image's group, at the first epoch (see fit_clusters)
         if cfg["loss"] not in LOSSES:
             raise DlcliError(f"unknown loss {cfg['loss']!r}; choose one of: {', '.join(LOSSES)}")
         self.real_target = 1.0 - cfg["label_smoothing"]
@@ -96,15 +168,57 @@ class GANTask(ImageTask):
         self.validations = 0  # in this process: a resumed run warms up again
         # Fixed noise for the per-epoch grid, from its own generator: drawing it leaves the
         # global RNG stream (and so exact resume) untouched.
-        g = torch.Generator().manual_seed(cfg["seed"] + 12345)
-        n = GRID_ROWS * (self.classes if self.conditional else GRID_ROWS)
-        self.fixed_z = self.noise(n, g)[0]
-        if self.codes:  # a row per code, as the cgan's grid has a row per label
-            row_code = torch.arange(n, device=self.device) // GRID_ROWS % self.codes
-            self.fixed_z[:, cfg["latent_dim"]:] = F.one_hot(row_code, self.codes)
+        self.draw_fixed_noise()
+        n = len(self.fixed_z)
         self.fixed_y = (labels_for("all", n, self.classes, self.device)[0]
                         if self.conditional else None)
         self.ema_steps = 0
+
+    def draw_fixed_noise(self) -> None:
+        cfg = self.config
+        g = torch.Generator().manual_seed(cfg["seed"] + 12345)
+        n = GRID_ROWS * (self.classes if self.conditional else GRID_ROWS)
+        self.fixed_z = self.noise(n, g)[0]
+        if self.codes and self.clusters is None:  # a row per code, as the cgan's grid has a row per label
+            row_code = torch.arange(n, device=self.device) // GRID_ROWS % self.codes
+            self.fixed_z[:, cfg["latent_dim"]:] = F.one_hot(row_code, self.codes)
+
+    def setup_data(self) -> None:
+        super().setup_data()
+        k = self.config.get("clusters", 0)
+        if len(self.train_data) < k:
+            raise DlcliError(f"clusters {k} needs at least {k} training images; "
+                             f"{self.data_spec['dataset']} has {len(self.train_data):,}: "
+                             "pass --set clusters=N with fewer groups, or 0 for none")
+
+    def training_labels(self, split):
+        """With clusters, a training image comes with its group, not its label."""
+        if self.clusters is None:
+            return split.labels
+        if self.cluster_of is None:
+            self.fit_clusters()
+        return self.cluster_of.to(split.images.device)
+
+    def fit_clusters(self) -> None:
+        """Group the training images by k-means (once: a resumed run has its groups in the
+        checkpoint), then note each image's group."""
+        split, k = self.train_data, self.config["clusters"]
+        if not bool(self.clusters.fitted):
+            g = torch.Generator().manual_seed(self.config["seed"] + 271828)  # global RNG untouched
+            fitted = split.rows[torch.randperm(len(split), generator=g)[:KMEANS_POINTS].to(split.rows.device)]
+            points = cluster_view(split.images[fitted]).flatten(1).to(self.device)
+            self.clusters.centroids.copy_(kmeans(points, k, g))
+        groups = torch.zeros(len(split.images), dtype=torch.long)
+        for rows in split.rows.split(KMEANS_CHUNK):
+            view = cluster_view(split.images[rows]).flatten(1).to(self.device)
+            groups[rows.cpu()] = nearest(view, self.clusters.centroids).cpu()
+        if not bool(self.clusters.fitted):
+            self.clusters.sizes.copy_(torch.bincount(groups[split.rows.cpu()], minlength=k))
+            self.clusters.fitted.fill_(True)
+            notice(f"k-means: {len(split):,} training images in {k} groups, "
+                   f"{int(self.clusters.sizes.min())} to {int(self.clusters.sizes.max())} images each")
+        self.cluster_of = groups
+        self.draw_fixed_noise()  # its codes drawn by the groups' sizes
 
     def build_optimizers(self) -> None:
         cfg = self.config
@@ -117,12 +231,17 @@ class GANTask(ImageTask):
 
     def noise(self, n: int, generator: torch.Generator | None = None):
         """(G's input for n images, their codes or None): standard-normal z (from
-        `generator`, else the global RNG), then, with codes, a one-hot code drawn uniformly."""
+        `generator`, else the global RNG), then, with codes, a one-hot code drawn uniformly
+        (InfoGAN) or as often as its group holds training images (clusters)."""
         device = generator.device if generator is not None else self.device
         z = torch.randn(n, self.config["latent_dim"], generator=generator, device=device)
         if not self.codes:
             return z.to(self.device), None
-        code = torch.randint(self.codes, (n,), generator=generator, device=device)
+        if self.clusters is not None:
+            code = torch.multinomial(self.clusters.sizes.to(device), n, replacement=True,
+                                     generator=generator)
+        else:
+            code = torch.randint(self.codes, (n,), generator=generator, device=device)
         z = torch.cat([z, F.one_hot(code, self.codes).to(z.dtype)], 1)
         return z.to(self.device), code.to(self.device)
 
@@ -139,6 +258,9 @@ class GANTask(ImageTask):
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         z, code = self.noise(len(x))
         fake = G(z, y)  # fakes of the same labels as the real batch (cgan)
+        # what D is conditioned on: the label (cgan), else the group of each real image
+        # (training_labels gave them) and the group each fake was asked for (clusters)
+        real_y, fake_y = (batch[1], code) if self.clusters is not None else (y, y)
 
         # D: tell real from fake; G's graph is cut off by detach()
         r1 = self.config["r1"]
@@ -146,11 +268,11 @@ class GANTask(ImageTask):
             x.requires_grad_(True)
         if D.per_sample:  # one pass over real and fake together: the same sums, faster
             logits, classes = D.judge(torch.cat([x, fake.detach()]),
-                                      None if y is None else torch.cat([y, y]))
+                                      None if real_y is None else torch.cat([real_y, fake_y]))
             real_logit, fake_logit = logits.chunk(2)
             fake_class = None if classes is None else classes.chunk(2)[1]
         else:  # batch statistics (BatchNorm, batch_std) must see real and fake apart
-            real_logit, (fake_logit, fake_class) = D(x, y), D.judge(fake.detach(), y)
+            real_logit, (fake_logit, fake_class) = D(x, real_y), D.judge(fake.detach(), fake_y)
         d_loss = self.discriminator_loss(real_logit, fake_logit)
         classify = self.config.get("classify", 0)
         if classify:  # D's head learns to read the code G drew each fake from
@@ -161,7 +283,7 @@ class GANTask(ImageTask):
 
         # G: fool the updated D; only G's weights need gradients, so D's weight gradients
         # are never computed
-        gen_logit, gen_class = D.judge(fake, y)
+        gen_logit, gen_class = D.judge(fake, fake_y)
         g_loss = self.generator_loss(gen_logit)
         logs = {}
         if classify:  # G: images whose code D reads back
@@ -360,9 +482,11 @@ class GANTask(ImageTask):
         from dlcli.models.gan import generator_input
 
         G = self.sampler
+        group = (" (a group of the training images; dlcli draws each as often as its share "
+                 "of them)" if self.clusters is not None else "")
         z = noise_port("z", generator_input(self.config), "standard-normal noise (scaled "
                        "by less than 1 it gives cleaner, less varied images)" + (
-                           f", then a one-hot code of {self.codes}" if self.codes else ""))
+                           f", then a one-hot code of {self.codes}{group}" if self.codes else ""))
         return {"generator": Network(Wrapped(lambda *inputs: (G(*inputs) + 1) / 2, generator=G),
                                      [z] + ([label_port(self.classes)] if self.conditional else []),
                                      [image_port(shape=self.data_spec["shape"])])}

@@ -188,8 +188,12 @@ class ImageTask(Task):
         # BatchNorm cannot normalise a batch of one image (one value per feature): such a
         # last batch is left out; the next epoch's shuffle puts that image elsewhere
         drop_last = self.drop_last or (n % size == 1 and size > 1)
-        return IndexBatches((split.images, split.labels), size, order,
+        return IndexBatches((split.images, self.training_labels(split)), size, order,
                             prepare=self.to_device(split), drop_last=drop_last)
+
+    def training_labels(self, split: Split) -> torch.Tensor:
+        """What a training batch pairs each image with (indexed as split.images): its label."""
+        return split.labels
 
     def test_items(self) -> int:
         return len(self.test_data)
