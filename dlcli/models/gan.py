@@ -285,11 +285,9 @@ class RadfordDiscriminator(nn.Module):
 def dcgan_init(module: nn.Module) -> None:
     """Radford et al.: weights from N(0, 0.02), BatchNorm scales from N(1, 0.02); the
     projection's embedding too (at torch's N(0, 1), its term would swamp the logit)."""
-    if isinstance(module, nn.Embedding):
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, 0.0, 0.02)
-    elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
+        if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         nn.init.normal_(module.weight, 1.0, 0.02)

@@ -75,11 +75,12 @@ def r1_penalty(real_logit: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def cluster_view(images: torch.Tensor) -> torch.Tensor:
-    """Images (uint8 or [0, 1]) as k-means sees them: floats in [0, 1], averaged down to at
-    most KMEANS_SIDE pixels a side (so large images cluster as fast as MNIST)."""
+    """Images (uint8 or [0, 1]) as k-means sees them: one row of floats in [0, 1] each,
+    averaged down to at most KMEANS_SIDE pixels a side (so large images cluster as fast as
+    MNIST)."""
     x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
     factor = math.ceil(max(x.shape[-2:]) / KMEANS_SIDE)
-    return F.avg_pool2d(x, factor, ceil_mode=True) if factor > 1 else x
+    return (F.avg_pool2d(x, factor, ceil_mode=True) if factor > 1 else x).flatten(1)
 
 
 def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -155,7 +156,7 @@ class GANTask(ImageTask):
                              "K gives G a code of K values, classify W > 0 weighs the loss "
                              "that ties each code to one kind of image")
         if cfg.get("clusters", 0):
-            features = math.prod(cluster_view(torch.zeros(1, *self.data_spec["shape"])).shape)
+            features = cluster_view(torch.zeros(1, *self.data_spec["shape"])).shape[1]
             self.clusters = ClusterCodes(cfg["clusters"], features).to(self.device)
             self.modules["clusters"] = self.clusters
             self.cluster_of = None  # each image's group, at the first epoch (see fit_clusters)
@@ -197,27 +198,28 @@ class GANTask(ImageTask):
             return split.labels
         if self.cluster_of is None:
             self.fit_clusters()
-        return self.cluster_of.to(split.images.device)
+        return self.cluster_of
 
     def fit_clusters(self) -> None:
         """Group the training images by k-means (once: a resumed run has its groups in the
-        checkpoint), then note each image's group."""
-        split, k = self.train_data, self.config["clusters"]
-        if not bool(self.clusters.fitted):
+        checkpoint), then note each image's group, indexed as the images are."""
+        split, k, groups = self.train_data, self.config["clusters"], self.clusters
+        fresh = not bool(groups.fitted)
+        if fresh:
             g = torch.Generator().manual_seed(self.config["seed"] + 271828)  # global RNG untouched
-            fitted = split.rows[torch.randperm(len(split), generator=g)[:KMEANS_POINTS].to(split.rows.device)]
-            points = cluster_view(split.images[fitted]).flatten(1).to(self.device)
-            self.clusters.centroids.copy_(kmeans(points, k, g))
-        groups = torch.zeros(len(split.images), dtype=torch.long)
+            picked = torch.randperm(len(split), generator=g)[:KMEANS_POINTS]
+            points = cluster_view(split.images[split.rows[picked.to(split.rows.device)]])
+            groups.centroids.copy_(kmeans(points.to(self.device), k, g))
+        group_of = torch.zeros(len(split.images), dtype=torch.long, device=split.images.device)
         for rows in split.rows.split(KMEANS_CHUNK):
-            view = cluster_view(split.images[rows]).flatten(1).to(self.device)
-            groups[rows.cpu()] = nearest(view, self.clusters.centroids).cpu()
-        if not bool(self.clusters.fitted):
-            self.clusters.sizes.copy_(torch.bincount(groups[split.rows.cpu()], minlength=k))
-            self.clusters.fitted.fill_(True)
+            view = cluster_view(split.images[rows]).to(self.device)
+            group_of[rows] = nearest(view, groups.centroids).to(group_of.device)
+        if fresh:
+            groups.sizes.copy_(torch.bincount(group_of[split.rows], minlength=k))
+            groups.fitted.fill_(True)
             notice(f"k-means: {len(split):,} training images in {k} groups, "
-                   f"{int(self.clusters.sizes.min())} to {int(self.clusters.sizes.max())} images each")
-        self.cluster_of = groups
+                   f"{int(groups.sizes.min())} to {int(groups.sizes.max())} images each")
+        self.cluster_of = group_of
         self.draw_fixed_noise()  # its codes drawn by the groups' sizes
 
     def build_optimizers(self) -> None:
@@ -251,16 +253,16 @@ class GANTask(ImageTask):
 
     # ---- training -----------------------------------------------------------------
     def train_step(self, batch) -> dict[str, float]:
-        x, y = batch
+        x, labels = batch  # labels: the groups, with clusters (training_labels)
         x = x * 2 - 1  # [0, 1] -> [-1, 1], the range of G's tanh
-        y = y if self.conditional else None
+        y = labels if self.conditional else None
         G, D = self.generator, self.discriminator
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         z, code = self.noise(len(x))
         fake = G(z, y)  # fakes of the same labels as the real batch (cgan)
         # what D is conditioned on: the label (cgan), else the group of each real image
         # (training_labels gave them) and the group each fake was asked for (clusters)
-        real_y, fake_y = (batch[1], code) if self.clusters is not None else (y, y)
+        real_y, fake_y = (labels, code) if self.clusters is not None else (y, y)
 
         # D: tell real from fake; G's graph is cut off by detach()
         r1 = self.config["r1"]
