@@ -39,6 +39,9 @@ IMAGE_KEYS = {
     "resize": "center-crop",  # center-crop | pad | stretch
     "val_fraction": 0.1,  # of the training images, held out by the seed (no val/ folder)
     "shapes_grid": "full",  # dataset shapes: full (737,280 images) | small (23,040)
+    # images an epoch trains on, drawn afresh by each epoch's shuffle; 0: the whole training
+    # split. For data too large to pass over whole between validations (shapes' full grid).
+    "epoch_images": 0,
 }
 IMAGE_SIZES = (8, 4096)  # smaller holds nothing to learn; larger is not what these models take
 
@@ -47,6 +50,7 @@ IMAGE_SIZES = (8, 4096)  # smaller holds nothing to learn; larger is not what th
 KEYS_ADDED_LATER = {  # key: value, or {model: value}
     "schedule": "exponential",  # the VAEs: lr *= lr_decay after each epoch, before the key
     "kl_warmup": 0.0, "free_bits": 0.0, "iwae_samples": 1,  # the VAEs: off
+    "decoder": "deconv",  # the VAEs' conv decoder
     "loss": "nonsaturating",  # GANs
     "d_norm": {"dcgan": "batch", "gan": "none", "cgan": "none"},
     "r1": 0.0,
@@ -75,6 +79,7 @@ NUMBER_RULES = {
                      "d_hidden", "channels", "width", "d_model", "d_ff", "heads",
                      "encoder_layers", "decoder_layers", "beam", "train_size", "pack",
                      "vocab_size", "iwae_samples"), AT_LEAST_1),
+    "epoch_images": AT_LEAST_0,
     # temperature/truncation 0: sample the mean
     **dict.fromkeys(("val_size", "average_last", "average_every", "bpe_merges", "warmup",
                      "weight_decay", "clip_norm", "beta", "capacity", "capacity_epochs",

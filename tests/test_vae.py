@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 from conftest import run_cli
 
 TINY = ["--epochs", "1", "--set", "hidden=[64]", "--set", "val_size=1000",
@@ -370,6 +371,33 @@ def test_new_keys_are_validated(cli):
     assert proc.returncode == 2 and "mlp, conv" in proc.stderr
     proc = cli("train", "vae", "--set", "precision=fp8", "--epochs", "1")
     assert proc.returncode == 2 and "auto, 32, bf16" in proc.stderr
+    proc = cli("train", "vae", "--set", "decoder=pixelcnn", "--epochs", "1")
+    assert proc.returncode == 2 and "deconv, broadcast" in proc.stderr
+    proc = cli("train", "vae", "--set", "decoder=broadcast", "--epochs", "1")  # arch mlp
+    assert proc.returncode == 2 and "arch=conv" in proc.stderr
+
+
+@pytest.mark.parametrize("side", [28, 32, 64])
+def test_broadcast_decoder_gives_every_cell_the_code_and_its_place(side):
+    """The spatial broadcast decoder (Watters et al., 2019): the code at every cell of the
+    smallest map beside the cell's x and y in [-1, 1]; the coordinates are not weights, so
+    the checkpoint holds the same tensors whatever the image size of the run."""
+    from dlcli.models.vae import VAE, BroadcastHead
+
+    model = VAE((1, side, side), 3, [16], "conv", 4, decoder="broadcast")
+    assert isinstance(model.decoder, BroadcastHead)
+    assert "coords" not in " ".join(model.state_dict())
+    cells = side // 4 if side < 64 else 8
+    coords = model.decoder.coords
+    assert coords.shape == (1, 2, cells, cells)
+    assert torch.equal(coords[0, 0, 0], torch.linspace(-1, 1, cells))  # x along a row
+    assert torch.equal(coords[0, 1, :, 0], torch.linspace(-1, 1, cells))  # y down a column
+    logits, mu, _ = model(torch.rand(5, 1, side, side))
+    assert logits.shape == (5, side * side) and mu.shape == (5, 3)
+    # each unit of the code reaches the image, through the convolutions over every cell
+    z = torch.zeros(1, 3, requires_grad=True)
+    model.decode(z).sum().backward()
+    assert (z.grad.abs() > 0).all()
 
 
 def test_conv_variant_trains_a_step():
@@ -379,9 +407,11 @@ def test_conv_variant_trains_a_step():
     from dlcli.registry import get_spec
     from dlcli.tasks.vae import VAETask
 
-    for model in ("vae", "cvae"):
+    for model, decoder in (("vae", "deconv"), ("cvae", "deconv"), ("vae", "broadcast"),
+                           ("cvae", "broadcast")):
         config = resolve_config(model, "vae-conv" if model == "vae" else None,
-                                ["arch=conv", "channels=4", "hidden=[16]", "latent=3"])
+                                ["arch=conv", "channels=4", "hidden=[16]", "latent=3",
+                                 f"decoder={decoder}"])
         task = VAETask(get_spec(model), config, torch.device("cpu"))
         task.train_data = torch.zeros(8)  # one step an epoch, for the KL warm-up's clock
         x = torch.rand(8, 1, 28, 28)
@@ -389,3 +419,24 @@ def test_conv_variant_trains_a_step():
         assert math.isfinite(logs["loss"]) and logs["nelbo"] > 0
         images, _ = task.sample(4)
         assert images.shape == (4, 1, 28, 28)
+
+
+def test_epoch_images_draws_that_many_afresh_each_epoch():
+    """`epoch_images` cuts an epoch to that many images, a different draw each epoch, and
+    the step-counted schedules (KL warm-up, cosine) count the shorter epochs."""
+    from dlcli.config import resolve_config
+    from dlcli.registry import get_spec
+
+    spec = get_spec("vae")
+    config = resolve_config("vae", None, ["epoch_images=300", "hidden=[16]", "latent=2"],
+                            epochs=4, batch_size=64)
+    task = spec.load_task()(spec, config, torch.device("cpu"))
+    task.build_optimizers()
+    task.setup_data()
+    seen = [torch.cat([x.flatten(1) for x, _ in task.train_batches(epoch)]) for epoch in (0, 1)]
+    assert [len(s) for s in seen] == [300, 300] and len(task.train_batches(0)) == 5
+    assert not torch.equal(seen[0], seen[1])
+    assert task.steps_per_epoch() == 5 and task.schedule.total_steps == 20
+    assert task.epoch_images() == 300 < len(task.train_data)
+    config["epoch_images"] = 0  # the whole split
+    assert task.epoch_images() == len(task.train_data)

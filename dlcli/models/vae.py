@@ -33,6 +33,7 @@ from torch import nn
 from dlcli.errors import DlcliError
 
 SMALLEST_MAP = 8  # the conv encoder halves the image while its longer side is more than this
+DECODERS = ("deconv", "broadcast")  # arch conv: a linear layer to the maps, or spatial broadcast
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -72,30 +73,66 @@ class ConvBody(nn.Module):
         return self.net(x)
 
 
+def upsampling(shape: tuple[int, int, int], channels: int) -> nn.Sequential:
+    """The smallest maps (the widest, ReLU'd) -> C x H x W pixel logits, flattened: the
+    body's mirror, transposed convolutions doubling the side and halving the channels."""
+    depth = conv_depth(shape)
+    width, layers = channels * 2 ** (depth - 1), []
+    for _ in range(depth - 1):
+        layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.ReLU()]
+        width //= 2
+    return nn.Sequential(*layers, nn.ConvTranspose2d(width, shape[0], 4, 2, 1), nn.Flatten())
+
+
+def smallest_map(shape: tuple[int, int, int], channels: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the maps the conv body ends on and the decoder starts from."""
+    depth = conv_depth(shape)
+    return channels * 2 ** (depth - 1), shape[1] >> depth, shape[2] >> depth
+
+
 class ConvHead(nn.Module):
-    """Flat features -> the smallest maps -> ... -> C x H x W pixel logits, flattened (the
-    decoder's hand): the body's mirror, transposed convolutions doubling the side."""
+    """Flat features -> the smallest maps by a linear layer -> upsampling (the decoder's hand)."""
 
     def __init__(self, in_features: int, shape: tuple[int, int, int], channels: int):
         super().__init__()
-        depth = conv_depth(shape)
-        width = channels * 2 ** (depth - 1)
-        self.fc = nn.Linear(in_features, width * (shape[1] >> depth) * (shape[2] >> depth))
-        layers = [nn.ReLU(), nn.Unflatten(1, (width, shape[1] >> depth, shape[2] >> depth))]
-        for _ in range(depth - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.ReLU()]
-            width //= 2
-        self.net = nn.Sequential(*layers, nn.ConvTranspose2d(width, shape[0], 4, 2, 1),
-                                 nn.Flatten())
+        maps = smallest_map(shape, channels)
+        self.fc = nn.Linear(in_features, math.prod(maps))
+        self.net = nn.Sequential(nn.ReLU(), nn.Unflatten(1, maps), *upsampling(shape, channels))
 
     def forward(self, h):
         return self.net(self.fc(h))
 
 
+class BroadcastHead(nn.Module):
+    """Codes -> pixel logits by spatial broadcast (Watters et al., 2019, "Spatial Broadcast
+    Decoder: A Simple Architecture for Learning Disentangled Representations in VAEs"): the
+    code is copied to every cell of the smallest map beside two channels holding the cell's
+    own x and y in [-1, 1]; stride-1 convolutions read it there, then upsampling. A unit
+    can say "the object is at x" with one value each cell compares with its coordinate,
+    where a linear layer to the maps learns position as units that each paint a place, and
+    the code comes out fragmented. Watters et al. broadcast to the full image; here to the
+    smallest map, for CPU time."""
+
+    def __init__(self, in_features: int, shape: tuple[int, int, int], channels: int):
+        super().__init__()
+        width, height, across = smallest_map(shape, channels)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, across),
+                                indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys]).unsqueeze(0), persistent=False)
+        self.net = nn.Sequential(nn.Conv2d(in_features + 2, width, 3, 1, 1), nn.ReLU(),
+                                 nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(),
+                                 upsampling(shape, channels))
+
+    def forward(self, z):
+        n, (height, width) = len(z), self.coords.shape[2:]
+        tiled = z.view(n, -1, 1, 1).expand(-1, -1, height, width)
+        return self.net(torch.cat([tiled, self.coords.to(z.dtype).expand(n, -1, -1, -1)], 1))
+
+
 class VAE(nn.Module):
     def __init__(self, shape: tuple[int, int, int], latent: int = 20, hidden: list[int] = (400,),
                  arch: str = "mlp", channels: int = 32, classes: int = 0,
-                 class_prior: bool = False):
+                 class_prior: bool = False, decoder: str = "deconv"):
         super().__init__()
         self.shape, self.latent, self.classes, self.arch = tuple(shape), latent, classes, arch
         pixels = math.prod(shape)
@@ -116,7 +153,9 @@ class VAE(nn.Module):
         self.encoder = mlp([seen + classes] + hidden + [2 * latent])
         # decoder: (z, label) -> hidden, reversed -> pixel logits
         back = [latent + classes] + hidden[::-1]
-        if arch == "conv":
+        if arch == "conv" and decoder == "broadcast":  # reads the code itself, no hidden layers
+            self.decoder = BroadcastHead(latent + classes, shape, channels)
+        elif arch == "conv":
             self.decoder = nn.Sequential(mlp(back), nn.ReLU(), ConvHead(back[-1], shape, channels)) \
                 if hidden else ConvHead(back[-1], shape, channels)
         else:
@@ -273,6 +312,11 @@ def build(config: dict, data: dict, classes: int = 0) -> VAE:
     shape = tuple(data["shape"])
     if config["arch"] not in ("mlp", "conv"):
         raise DlcliError(f"unknown arch {config['arch']!r}; choose one of: mlp, conv")
+    decoder = config.get("decoder", "deconv")
+    if decoder not in DECODERS:
+        raise DlcliError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
+    if decoder == "broadcast" and config["arch"] != "conv":
+        raise DlcliError("decoder broadcast draws with convolutions: use it with --set arch=conv")
     if config["latent"] < 1 or not config["hidden"] and config["arch"] == "mlp":
         raise DlcliError("latent must be at least 1 unit, and an mlp needs a hidden layer")
     if config["arch"] == "conv" and (shape[1] % 4 or shape[2] % 4):
@@ -281,7 +325,7 @@ def build(config: dict, data: dict, classes: int = 0) -> VAE:
             f"(28, 32, 64, ...); these are {'x'.join(map(str, shape[1:]))}: choose another "
             "image_size, or --set arch=mlp")
     return VAE(shape, config["latent"], config["hidden"], config["arch"], config["channels"],
-               classes=classes, class_prior=config["class_prior"])
+               classes=classes, class_prior=config["class_prior"], decoder=decoder)
 
 
 def build_conditional(config: dict, data: dict) -> VAE:

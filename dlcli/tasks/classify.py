@@ -133,7 +133,7 @@ class PerceptronTask(ClassifierTask):
         return {"errors": mistakes / len(y)}
 
     def validate(self) -> dict[str, float]:
-        errors = self.epoch_mistakes / len(self.train_data)
+        errors = self.epoch_mistakes / self.epoch_images()
         self.done = self.epoch_mistakes == 0  # a whole epoch without a mistake: converged
         self.model.converged.fill_(self.done)
         self.epoch_mistakes = 0

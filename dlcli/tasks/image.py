@@ -181,10 +181,17 @@ class ImageTask(Task):
         return sha256_of(digest, self.train_data.rows, self.test_data.rows,
                          self.val_data.rows if self.val_data is not None else "")
 
+    def epoch_images(self) -> int:
+        """How many training images an epoch sees: `epoch_images` of them, the first of
+        each epoch's shuffle (a fresh draw every epoch), or the whole split."""
+        n = len(self.train_data)
+        return min(n, self.config.get("epoch_images") or n)
+
     def train_batches(self, epoch: int):
         split, size = self.train_data, self.config["batch_size"]
-        n = len(split)
-        order = split.rows[epoch_permutation(n, self.config["seed"], epoch).to(split.rows.device)]
+        n = self.epoch_images()
+        shuffle = epoch_permutation(len(split), self.config["seed"], epoch)[:n]
+        order = split.rows[shuffle.to(split.rows.device)]
         # BatchNorm cannot normalise a batch of one image (one value per feature): such a
         # last batch is left out; the next epoch's shuffle puts that image elsewhere
         drop_last = self.drop_last or (n % size == 1 and size > 1)

@@ -73,7 +73,7 @@ class VAETask(ImageTask):
 
     # ---- training ---------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train_data) / self.config["batch_size"])
+        return math.ceil(self.epoch_images() / self.config["batch_size"])
 
     def capacity(self) -> float:
         """Burgess et al.'s target KL, ramped linearly from 0 to `capacity` nats."""
