@@ -19,7 +19,9 @@ that grows during training: loss = recon + gamma * |KL - C|. The beta-TCVAE (Che
 Both networks come as an MLP (`arch: mlp`, any image shape) or a small convnet (`arch:
 conv`): stride-2 4x4 convolutions halve the image while its longer side is more than 8
 pixels and both sides are even, at least twice (28 -> 14 -> 7, 32 -> 16 -> 8, 64 -> 8 in
-three), so it takes any sides divisible by 4.
+three), so it takes any sides divisible by 4. The conv decoder reaches the smallest maps by
+a linear layer (`decoder: deconv`) or by spatial broadcast (`decoder: broadcast`,
+BroadcastHead), then transposed convolutions double the side back to the image's.
 """
 
 from __future__ import annotations
@@ -124,9 +126,10 @@ class BroadcastHead(nn.Module):
                                  upsampling(shape, channels))
 
     def forward(self, z):
-        n, (height, width) = len(z), self.coords.shape[2:]
-        tiled = z.view(n, -1, 1, 1).expand(-1, -1, height, width)
-        return self.net(torch.cat([tiled, self.coords.to(z.dtype).expand(n, -1, -1, -1)], 1))
+        height, width = self.coords.shape[2:]
+        tiled = z[:, :, None, None].expand(-1, -1, height, width)
+        places = self.coords.to(z.dtype).expand(z.shape[0], -1, -1, -1)
+        return self.net(torch.cat([tiled, places], 1))
 
 
 class VAE(nn.Module):
