@@ -57,6 +57,12 @@ def conv_depth(shape) -> int:
     return depth
 
 
+def smallest_map(shape: tuple[int, int, int], channels: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the maps the conv body ends on and the decoder starts from."""
+    depth = conv_depth(shape)
+    return channels * 2 ** (depth - 1), shape[1] >> depth, shape[2] >> depth
+
+
 class ConvBody(nn.Module):
     """C x H x W -> ... -> (channels * 2^(depth-1)) maps of H / 2^depth, flattened (the
     encoder's eyes); each stride-2 layer halves the side and doubles the channels."""
@@ -69,7 +75,7 @@ class ConvBody(nn.Module):
             layers += [nn.Conv2d(width, channels * 2 ** i, 4, 2, 1), nn.ReLU()]
             width = channels * 2 ** i
         self.net = nn.Sequential(*layers, nn.Flatten())
-        self.out_features = width * (shape[1] >> depth) * (shape[2] >> depth)
+        self.out_features = math.prod(smallest_map(shape, channels))
 
     def forward(self, x):
         return self.net(x)
@@ -78,18 +84,11 @@ class ConvBody(nn.Module):
 def upsampling(shape: tuple[int, int, int], channels: int) -> nn.Sequential:
     """The smallest maps (the widest, ReLU'd) -> C x H x W pixel logits, flattened: the
     body's mirror, transposed convolutions doubling the side and halving the channels."""
-    depth = conv_depth(shape)
-    width, layers = channels * 2 ** (depth - 1), []
-    for _ in range(depth - 1):
+    width, layers = smallest_map(shape, channels)[0], []
+    for _ in range(conv_depth(shape) - 1):
         layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.ReLU()]
         width //= 2
     return nn.Sequential(*layers, nn.ConvTranspose2d(width, shape[0], 4, 2, 1), nn.Flatten())
-
-
-def smallest_map(shape: tuple[int, int, int], channels: int) -> tuple[int, int, int]:
-    """(channels, height, width) of the maps the conv body ends on and the decoder starts from."""
-    depth = conv_depth(shape)
-    return channels * 2 ** (depth - 1), shape[1] >> depth, shape[2] >> depth
 
 
 class ConvHead(nn.Module):
