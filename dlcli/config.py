@@ -51,6 +51,7 @@ KEYS_ADDED_LATER = {  # key: value, or {model: value}
     "schedule": "exponential",  # the VAEs: lr *= lr_decay after each epoch, before the key
     "kl_warmup": 0.0, "free_bits": 0.0, "iwae_samples": 1,  # the VAEs: off
     "decoder": "deconv",  # the VAEs' conv decoder
+    "activation": "relu",  # the VAEs
     "loss": "nonsaturating",  # GANs
     "d_norm": {"dcgan": "batch", "gan": "none", "cgan": "none"},
     "r1": 0.0,

@@ -375,6 +375,30 @@ def test_new_keys_are_validated(cli):
     assert proc.returncode == 2 and "deconv, broadcast" in proc.stderr
     proc = cli("train", "vae", "--set", "decoder=broadcast", "--epochs", "1")  # arch mlp
     assert proc.returncode == 2 and "arch=conv" in proc.stderr
+    proc = cli("train", "vae", "--set", "activation=gelu", "--epochs", "1")
+    assert proc.returncode == 2 and "relu, silu" in proc.stderr
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_activation_and_float32_outputs_under_bf16_autocast(arch):
+    """`activation` sets every non-linearity of both networks; the layers that give the
+    pixel logits and (mu, log sigma^2) compute in float32 under bfloat16 autocast, so the
+    likelihood is not rounded to bfloat16, while the layers between run in bfloat16."""
+    from dlcli.models.vae import VAE
+
+    model = VAE((1, 28, 28), 3, [16], arch, 4, activation="silu")
+    kinds = {type(m) for m in model.modules()}
+    assert torch.nn.SiLU in kinds and torch.nn.ReLU not in kinds
+    inner = []
+    model.encoder[0].register_forward_hook(lambda m, i, out: inner.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, mu, logvar = model(torch.rand(2, 1, 28, 28))
+    assert logits.dtype == mu.dtype == logvar.dtype == torch.float32
+    assert inner == [torch.bfloat16]
+    # the same tensors, under the same names, as with plain layers: checkpoints load as before
+    plain = VAE((1, 28, 28), 3, [16], arch, 4)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == \
+        {k: v.shape for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("side", [28, 32, 64])

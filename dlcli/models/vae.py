@@ -36,15 +36,37 @@ from dlcli.errors import DlcliError
 
 SMALLEST_MAP = 8  # the conv encoder halves the image while its longer side is more than this
 DECODERS = ("deconv", "broadcast")  # arch conv: a linear layer to the maps, or spatial broadcast
+# between layers; SiLU (x * sigmoid(x), Elfwing et al. 2018) is smooth where ReLU has a kink
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them (none after the last)."""
+class Float32Output:
+    """A layer that computes in float32 even under bfloat16 autocast. The layers that give
+    the pixel logits and (mu, log sigma^2) are where bfloat16's 8-bit mantissa costs the
+    likelihood itself: each logit and code is rounded to about 3 significant digits. Both
+    layers are small, so float32 there costs little time."""
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+class Float32Linear(Float32Output, nn.Linear):
+    pass
+
+
+class Float32ConvTranspose2d(Float32Output, nn.ConvTranspose2d):
+    pass
+
+
+def mlp(sizes: list[int], act=nn.ReLU, output=nn.Linear) -> nn.Sequential:
+    """Linear layers with `act` between them (none after the last, an `output` layer)."""
     layers = []
     for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+        last = i == len(sizes) - 2
+        layers.append((output if last else nn.Linear)(a, b))
+        if not last:
+            layers.append(act())
     return nn.Sequential(*layers)
 
 
@@ -67,12 +89,12 @@ class ConvBody(nn.Module):
     """C x H x W -> ... -> (channels * 2^(depth-1)) maps of H / 2^depth, flattened (the
     encoder's eyes); each stride-2 layer halves the side and doubles the channels."""
 
-    def __init__(self, shape: tuple[int, int, int], channels: int):
+    def __init__(self, shape: tuple[int, int, int], channels: int, act=nn.ReLU):
         super().__init__()
         depth = conv_depth(shape)
         layers, width = [], shape[0]
         for i in range(depth):
-            layers += [nn.Conv2d(width, channels * 2 ** i, 4, 2, 1), nn.ReLU()]
+            layers += [nn.Conv2d(width, channels * 2 ** i, 4, 2, 1), act()]
             width = channels * 2 ** i
         self.net = nn.Sequential(*layers, nn.Flatten())
         self.out_features = math.prod(smallest_map(shape, channels))
@@ -81,24 +103,25 @@ class ConvBody(nn.Module):
         return self.net(x)
 
 
-def upsampling(shape: tuple[int, int, int], channels: int) -> nn.Sequential:
-    """The smallest maps (the widest, ReLU'd) -> C x H x W pixel logits, flattened: the
+def upsampling(shape: tuple[int, int, int], channels: int, act=nn.ReLU) -> nn.Sequential:
+    """The smallest maps (the widest, activated) -> C x H x W pixel logits, flattened: the
     body's mirror, transposed convolutions doubling the side and halving the channels."""
     width, layers = smallest_map(shape, channels)[0], []
     for _ in range(conv_depth(shape) - 1):
-        layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.ReLU()]
+        layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1), act()]
         width //= 2
-    return nn.Sequential(*layers, nn.ConvTranspose2d(width, shape[0], 4, 2, 1), nn.Flatten())
+    return nn.Sequential(*layers, Float32ConvTranspose2d(width, shape[0], 4, 2, 1), nn.Flatten())
 
 
 class ConvHead(nn.Module):
     """Flat features -> the smallest maps by a linear layer -> upsampling (the decoder's hand)."""
 
-    def __init__(self, in_features: int, shape: tuple[int, int, int], channels: int):
+    def __init__(self, in_features: int, shape: tuple[int, int, int], channels: int,
+                 act=nn.ReLU):
         super().__init__()
         maps = smallest_map(shape, channels)
         self.fc = nn.Linear(in_features, math.prod(maps))
-        self.net = nn.Sequential(nn.ReLU(), nn.Unflatten(1, maps), *upsampling(shape, channels))
+        self.net = nn.Sequential(act(), nn.Unflatten(1, maps), *upsampling(shape, channels, act))
 
     def forward(self, h):
         return self.net(self.fc(h))
@@ -114,15 +137,16 @@ class BroadcastHead(nn.Module):
     the code comes out fragmented. Watters et al. broadcast to the full image; here to the
     smallest map, for CPU time."""
 
-    def __init__(self, in_features: int, shape: tuple[int, int, int], channels: int):
+    def __init__(self, in_features: int, shape: tuple[int, int, int], channels: int,
+                 act=nn.ReLU):
         super().__init__()
         width, height, across = smallest_map(shape, channels)
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, across),
                                 indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys]).unsqueeze(0), persistent=False)
-        self.net = nn.Sequential(nn.Conv2d(in_features + 2, width, 3, 1, 1), nn.ReLU(),
-                                 nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(),
-                                 upsampling(shape, channels))
+        self.net = nn.Sequential(nn.Conv2d(in_features + 2, width, 3, 1, 1), act(),
+                                 nn.Conv2d(width, width, 3, 1, 1), act(),
+                                 upsampling(shape, channels, act))
 
     def forward(self, z):
         height, width = self.coords.shape[2:]
@@ -134,7 +158,7 @@ class BroadcastHead(nn.Module):
 class VAE(nn.Module):
     def __init__(self, shape: tuple[int, int, int], latent: int = 20, hidden: list[int] = (400,),
                  arch: str = "mlp", channels: int = 32, classes: int = 0,
-                 class_prior: bool = False, decoder: str = "deconv"):
+                 class_prior: bool = False, decoder: str = "deconv", activation: str = "relu"):
         super().__init__()
         self.shape, self.latent, self.classes, self.arch = tuple(shape), latent, classes, arch
         pixels = math.prod(shape)
@@ -144,24 +168,24 @@ class VAE(nn.Module):
         self.prior = nn.Embedding(classes, 2 * latent) if class_prior and classes else None
         if self.prior is not None:
             nn.init.zeros_(self.prior.weight)  # starts as N(0, I)
-        hidden = list(hidden)
+        hidden, act = list(hidden), ACTIVATIONS[activation]
         if arch == "conv":
-            self.body = ConvBody(shape, channels)
+            self.body = ConvBody(shape, channels, act)
             seen = self.body.out_features
         else:
             self.body = nn.Flatten()
             seen = pixels
         # encoder: (features, label) -> hidden -> 2 * latent numbers (mu and log sigma^2)
-        self.encoder = mlp([seen + classes] + hidden + [2 * latent])
+        self.encoder = mlp([seen + classes] + hidden + [2 * latent], act, Float32Linear)
         # decoder: (z, label) -> hidden, reversed -> pixel logits
         back = [latent + classes] + hidden[::-1]
         if arch == "conv" and decoder == "broadcast":  # reads the code itself, no hidden layers
-            self.decoder = BroadcastHead(latent + classes, shape, channels)
+            self.decoder = BroadcastHead(latent + classes, shape, channels, act)
         elif arch == "conv":
-            self.decoder = nn.Sequential(mlp(back), nn.ReLU(), ConvHead(back[-1], shape, channels)) \
-                if hidden else ConvHead(back[-1], shape, channels)
+            head = ConvHead(back[-1], shape, channels, act)
+            self.decoder = nn.Sequential(mlp(back, act), act(), head) if hidden else head
         else:
-            self.decoder = mlp(back + [pixels])
+            self.decoder = mlp(back + [pixels], act, Float32Linear)
 
     def with_label(self, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if not self.classes:
@@ -314,9 +338,12 @@ def build(config: dict, data: dict, classes: int = 0) -> VAE:
     shape = tuple(data["shape"])
     if config["arch"] not in ("mlp", "conv"):
         raise DlcliError(f"unknown arch {config['arch']!r}; choose one of: mlp, conv")
-    decoder = config.get("decoder", "deconv")
+    decoder, activation = config.get("decoder", "deconv"), config.get("activation", "relu")
     if decoder not in DECODERS:
         raise DlcliError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
+    if activation not in ACTIVATIONS:
+        raise DlcliError(f"unknown activation {activation!r}; choose one of: "
+                         f"{', '.join(ACTIVATIONS)}")
     if decoder == "broadcast" and config["arch"] != "conv":
         raise DlcliError("decoder broadcast draws with convolutions: use it with --set arch=conv")
     if config["latent"] < 1 or not config["hidden"] and config["arch"] == "mlp":
@@ -327,7 +354,8 @@ def build(config: dict, data: dict, classes: int = 0) -> VAE:
             f"(28, 32, 64, ...); these are {'x'.join(map(str, shape[1:]))}: choose another "
             "image_size, or --set arch=mlp")
     return VAE(shape, config["latent"], config["hidden"], config["arch"], config["channels"],
-               classes=classes, class_prior=config["class_prior"], decoder=decoder)
+               classes=classes, class_prior=config["class_prior"], decoder=decoder,
+               activation=activation)
 
 
 def build_conditional(config: dict, data: dict) -> VAE:
