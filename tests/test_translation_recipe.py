@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dlcli.config import config_against_schema, resolve_config, validate_preset
 from dlcli.data import text
@@ -99,6 +100,25 @@ def test_label_smoothing_is_fairseqs():
     nll = -logp.gather(1, gold[:, None]).squeeze(1)
     fairseq = (0.9 * nll + 0.1 / logp.shape[-1] * -logp.sum(-1)).mean()
     assert model.loss(src, tgt[:, :-1], tgt[:, 1:], 0.1).item() == pytest.approx(fairseq.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 256])
+def test_training_loss_takes_the_projection_in_blocks_with_the_same_gradients(rows):
+    """ProjectedCrossEntropy gives the loss and gradients of the whole logits' cross-entropy,
+    however the rows split into blocks; under bf16 autocast, within bfloat16's rounding."""
+    from dlcli.models.transformer import ProjectedCrossEntropy
+
+    torch.manual_seed(0)
+    states, weight = torch.randn(13, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
+    target = torch.randint(0, 50, (13,))
+    whole = F.cross_entropy(states @ weight.t(), target, label_smoothing=0.1)
+    expected = torch.autograd.grad(whole, (states, weight))
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        loss = ProjectedCrossEntropy.apply(states, weight, target, 0.1, dtype, rows)
+        got = torch.autograd.grad(2 * loss, (states, weight))  # the outer gradient scales
+        assert loss.item() == pytest.approx(whole.item(), rel=tolerance)
+        for g, e in zip(got, expected):
+            assert torch.allclose(g, 2 * e, rtol=tolerance, atol=tolerance * e.abs().max())
 
 
 def test_bpe_merges_counts_merges_not_tokens():

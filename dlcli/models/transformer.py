@@ -155,6 +155,50 @@ class DecoderLayer(nn.Module):
         return self.res3(y, self.ffn)
 
 
+class ProjectedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy (with label smoothing) of logits = states @ weight^T, computed
+    `rows` states at a time, with its gradients taken in the same pass.
+
+    The vocabulary projection is the largest product of a small model: for an update of
+    8,000 target tokens and 10,000 types its logits, their softmax and its gradient are
+    three 320 MB tensors, which a CPU writes and reads back from memory (and glibc hands
+    back to the system and faults in again after every step). A block of `rows` logits fits
+    in cache; nothing of vocabulary size outlives it. With label smoothing eps over V types,
+    the gradient of the loss with respect to a row of logits is
+        softmax(z) - (1 - eps) * onehot(target) - eps / V.
+    The products run in `dtype` (bfloat16 under a bf16 precision), softmax and sums in
+    float32."""
+
+    @staticmethod
+    def forward(ctx, states, weight, target, label_smoothing: float, dtype, rows: int = 256):
+        with torch.autocast(states.device.type, enabled=False):
+            n, types, eps = states.shape[0], weight.shape[0], label_smoothing
+            w = weight.to(dtype)
+            loss = states.new_zeros((), dtype=torch.float32)
+            grad_states = torch.empty(states.shape, dtype=torch.float32, device=states.device)
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            for start in range(0, n, rows):
+                h, y = states[start:start + rows].to(dtype), target[start:start + rows]
+                z = (h @ w.t()).float()
+                log_norm = torch.logsumexp(z, 1)
+                log_p_target = z.gather(1, y[:, None])[:, 0] - log_norm
+                mean_log_p = z.mean(1) - log_norm
+                loss -= ((1 - eps) * log_p_target + eps * mean_log_p).sum()
+                grad = torch.softmax(z, 1).sub_(eps / types)
+                grad.scatter_add_(1, y[:, None], grad.new_full((len(y), 1), eps - 1))
+                grad = grad.to(dtype)
+                grad_states[start:start + rows] = grad @ w
+                grad_weight += grad.t() @ h
+        ctx.save_for_backward(grad_states.div_(n).to(states.dtype),
+                              grad_weight.div_(n).to(weight.dtype))
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_states, grad_weight = ctx.saved_tensors
+        return grad_states * grad_loss, grad_weight * grad_loss, None, None, None, None
+
+
 class Transformer(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 256, heads: int = 8,
                  encoder_layers: int = 3, decoder_layers: int = 3, d_ff: int = 1024,
@@ -218,12 +262,18 @@ class Transformer(nn.Module):
 
     def loss(self, src, tgt_in, tgt_out, label_smoothing: float = 0.0):
         """Mean cross-entropy per target token; the vocabulary projection runs only on
-        real (non-padding) positions."""
+        real (non-padding) positions, in training a block at a time (ProjectedCrossEntropy)."""
         memory, src_mask = self.encode(src)
         states = self.decode(tgt_in, memory, src_mask)
         real = tgt_out != self.pad_id
-        logits = self.generator(states[real])
-        return F.cross_entropy(logits, tgt_out[real], label_smoothing=label_smoothing)
+        if not torch.is_grad_enabled():
+            logits = self.generator(states[real])
+            return F.cross_entropy(logits.float(), tgt_out[real], label_smoothing=label_smoothing)
+        device = states.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) \
+            else torch.float32
+        return ProjectedCrossEntropy.apply(states[real], self.generator.weight, tgt_out[real],
+                                           label_smoothing, dtype)
 
     def new_cache(self) -> list[dict]:
         return [{"self": {}, "cross": {}} for _ in self.decoder]
