@@ -268,7 +268,7 @@ class Transformer(nn.Module):
         real = tgt_out != self.pad_id
         if not torch.is_grad_enabled():
             logits = self.generator(states[real])
-            return F.cross_entropy(logits.float(), tgt_out[real], label_smoothing=label_smoothing)
+            return F.cross_entropy(logits, tgt_out[real], label_smoothing=label_smoothing)
         device = states.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) \
             else torch.float32

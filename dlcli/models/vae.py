@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlcli.errors import DlcliError
+from dlcli.errors import DlcliError, did_you_mean
 
 SMALLEST_MAP = 8  # the conv encoder halves the image while its longer side is more than this
 DECODERS = ("deconv", "broadcast")  # arch conv: a linear layer to the maps, or spatial broadcast
@@ -342,8 +342,7 @@ def build(config: dict, data: dict, classes: int = 0) -> VAE:
     if decoder not in DECODERS:
         raise DlcliError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
     if activation not in ACTIVATIONS:
-        raise DlcliError(f"unknown activation {activation!r}; choose one of: "
-                         f"{', '.join(ACTIVATIONS)}")
+        raise DlcliError(did_you_mean("activation", activation, ACTIVATIONS))
     if decoder == "broadcast" and config["arch"] != "conv":
         raise DlcliError("decoder broadcast draws with convolutions: use it with --set arch=conv")
     if config["latent"] < 1 or not config["hidden"] and config["arch"] == "mlp":
