@@ -77,15 +77,21 @@ def resolve_precision(device: torch.device, precision: str, convolutional: bool 
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "32"
-        native = device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        if not native:
+        if not (device.type == "cpu" and cpu_multiplies_bf16()):
             return "32"
         return "bf16" if convolutional else "bf16-matmul"
     if precision not in PRECISIONS:
         raise DlcliError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "16-mixed" and device.type != "cuda":
         raise DlcliError("precision 16-mixed needs a CUDA device; use bf16 on CPU")
+    if precision.startswith("bf16") and device.type == "cpu" and not cpu_multiplies_bf16():
+        warn(f"precision {precision}: this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX), "
+             "so it is emulated and likely slower than --precision 32")
     return precision
+
+
+def cpu_multiplies_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class Bf16Matmuls:

@@ -174,6 +174,22 @@ def test_bf16_matmul_precision_and_what_auto_picks():
     assert metrics["accuracy"] == 1.0
 
 
+def test_bf16_on_a_cpu_without_bf16_arithmetic_warns(monkeypatch, capsys):
+    import torch
+
+    from dlcli import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_multiplies_bf16", lambda: False)
+    assert runtime.resolve_precision(cpu, "auto") == "32"
+    assert runtime.resolve_precision(cpu, "bf16") == "bf16"
+    assert "emulated" in capsys.readouterr().err
+    monkeypatch.setattr(runtime, "cpu_multiplies_bf16", lambda: True)
+    assert runtime.resolve_precision(cpu, "bf16") == "bf16"
+    assert runtime.resolve_precision(cpu, "32") == "32"
+    assert capsys.readouterr().err == ""
+
+
 def test_a_forward_after_a_step_sees_the_new_weights_under_bf16():
     """autocast caches bf16 copies of the weights for its whole region: Task.optimize must
     drop them, or G's step in a GAN would score its fakes with D's old weights."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dlcli.data import text
-from dlcli.models.transformer import Transformer, sinusoidal_positions
+from dlcli.models.transformer import Dropout, Transformer, attend, sinusoidal_positions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,6 +28,36 @@ def test_positional_encoding_values():
         angle = pos / 10000 ** (2 * i / 16)
         assert pe[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
         assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_zeroes_p_and_keeps_the_mean(dtype):
+    torch.manual_seed(0)
+    layer = Dropout(0.3).train()
+    x = torch.full((400, 500), 2.0, dtype=dtype, requires_grad=True)
+    y = layer(x)
+    assert y.dtype == dtype
+    dropped = (y == 0).float().mean().item()
+    assert dropped == pytest.approx(0.3, abs=0.01)
+    kept = y[y != 0].float()
+    assert torch.allclose(kept, torch.full_like(kept, 2 / 0.7), rtol=1e-2)
+    y.float().sum().backward()  # the gradient goes through the kept elements, scaled alike
+    assert torch.equal(x.grad == 0, y == 0)
+    assert torch.allclose(x.grad[y != 0].float(), torch.full_like(kept, 1 / 0.7), rtol=1e-2)
+    assert layer.eval()(x) is x
+
+
+def test_attention_runs_in_float32_under_cpu_autocast():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 7, 8).bfloat16() for _ in range(3))
+    mask = torch.rand(2, 1, 1, 7) > 0.3
+    mask[..., 0] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attend(q, k, v, mask, False, 0.0)
+    assert y.dtype == torch.float32
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=mask)
+    assert torch.allclose(y, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("pre_norm", [False, True])

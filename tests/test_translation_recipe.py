@@ -183,17 +183,26 @@ def sacremoses_tokenize(lang):
 # ---- presets -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("direction", ["en-de", "de-en"])
-def test_tiny_presets_are_the_published_recipe(direction):
+def test_tiny_presets_are_the_published_model_on_a_45_minute_schedule(direction):
     from dlcli.config import PRESET_DIR
 
-    model, c = validate_preset(PRESET_DIR / f"transformer-multi30k-{direction}-tiny.yaml")
+    path = PRESET_DIR / f"transformer-multi30k-{direction}-tiny.yaml"
+    model, c = validate_preset(path)
     assert model == "transformer" and f"{c['source_lang']}-{c['target_lang']}" == direction
     recipe = {"d_model": 128, "heads": 4, "encoder_layers": 4, "decoder_layers": 4, "d_ff": 256,
               "dropout": 0.3, "attention_dropout": 0.0, "activation_dropout": 0.0,
               "tie_embeddings": True, "pre_norm": False, "label_smoothing": 0.1, "lr": 0.005,
-              "warmup": 2000, "schedule": "inverse_sqrt", "beam": 5, "average_last": 10,
-              "average_every": 0, "lowercase": True, "moses": True, "bpe_merges": 10000}
+              "beam": 5, "average_last": 10, "average_every": 0, "lowercase": True,
+              "moses": True, "bpe_merges": 10000}
     assert {k: c[k] for k in recipe} == recipe
+    # the overrides its comments give bring back the recipe's own schedule
+    overrides = "--precision 32 --epochs 120 --set batch_size=16384 --set schedule=inverse_sqrt " \
+                "--set warmup=2000"
+    assert overrides in " ".join(line.lstrip("# ") for line in path.read_text().splitlines())
+    paper = resolve_config("transformer", f"transformer-multi30k-{direction}-tiny",
+                           ["precision=32", "epochs=120", "batch_size=16384",
+                            "schedule=inverse_sqrt", "warmup=2000"])
+    assert {k: paper[k] for k in recipe} == recipe
 
 
 # ---- end to end: averaging by update, the text form inside a checkpoint ------------------

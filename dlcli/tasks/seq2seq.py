@@ -248,6 +248,10 @@ class Seq2SeqTask(Task):
             moved = " (if it moved, pass --data with where it is now)" if self.config.get("data") else ""
             raise DlcliError(f"evaluate needs the training corpus: {e}{moved}") from None
         self.train_mode(False)
+        if self.config.get("lowercase"):
+            notice("this model writes lowercase (it learnt from lowercased text): the cased bleu "
+                   "and chrf set its output against cased references; bleu_lowercase and "
+                   "bleu_tokenized_lowercase are its figures")
         loss = self.loss_on("test")
         beam = self.config["beam"]
         return {**loss, **self.scores("test", beam, all_scores=True), "beam": beam,
