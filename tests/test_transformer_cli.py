@@ -136,6 +136,7 @@ def test_evaluate_reports_translation_metrics(tiny):
     assert metrics["bleu_tokenized_lowercase"] is None  # numbers: not a tokenized corpus
     assert metrics["ppl"] == pytest.approx(2.718281828 ** metrics["loss"], rel=1e-6)
     assert 0 <= metrics["exact_match"] <= 1
+    assert "writes lowercase" not in proc.stderr  # the numbers corpus keeps its case
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):

@@ -208,7 +208,7 @@ def test_tiny_presets_are_the_published_model_on_a_45_minute_schedule(direction)
 # ---- end to end: averaging by update, the text form inside a checkpoint ------------------
 
 @pytest.mark.usefixtures("one_thread")
-def test_average_every_keeps_and_averages_the_last_updates(tmp_path):
+def test_average_every_keeps_and_averages_the_last_updates(tmp_path, capsys):
     pytest.importorskip("sacremoses")
     from dlcli.checkpoint import load_checkpoint
     from dlcli.models.decoding import Translator
@@ -240,3 +240,8 @@ def test_average_every_keeps_and_averages_the_last_updates(tmp_path):
     assert translator.encode_sources(["EIN MANN."]) == translator.encode_sources(["ein mann ."])
     out = translator.translate(["Ein Mann, der einen Hut trägt."], beam=2)[0][0].text
     assert out == out.lower()
+    # evaluate says that such a model's cased scores set lowercase against cased references
+    capsys.readouterr()
+    scores = task.evaluate()
+    assert scores["bleu_lowercase"] >= scores["bleu"]
+    assert "writes lowercase" in capsys.readouterr().err
