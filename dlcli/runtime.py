@@ -91,6 +91,7 @@ def resolve_precision(device: torch.device, precision: str, convolutional: bool 
 
 
 def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX), as oneDNN sees it."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

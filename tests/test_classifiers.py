@@ -150,10 +150,10 @@ def test_bf16_precision_trains_on_cpu():
 def test_bf16_matmul_precision_and_what_auto_picks():
     import torch
 
-    from dlcli.runtime import Bf16Matmuls, resolve_precision
+    from dlcli.runtime import Bf16Matmuls, cpu_multiplies_bf16, resolve_precision
 
     cpu = torch.device("cpu")
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native = cpu_multiplies_bf16()
     assert resolve_precision(cpu, "auto", convolutional=True) == ("bf16" if native else "32")
     assert resolve_precision(cpu, "auto") == ("bf16-matmul" if native else "32")
     a, b = torch.randn(64, 300), torch.randn(300, 50)
