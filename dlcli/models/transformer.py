@@ -58,46 +58,71 @@ class MultiHeadAttention(nn.Module):
                     causal = False
                 cache["k"], cache["v"] = k, v
         if self.keep_weights:
-            self.weights = self.attention_weights(q, k, mask)
+            self.weights = attention_weights(q, k, mask, causal)
         y = attend(q, k, v, mask, causal, self.dropout if self.training else 0.0)
         b, h, t, dh = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, h * dh))  # merge the heads
 
-    @staticmethod
-    def attention_weights(q, k, mask):
-        """softmax(Q K^T / sqrt(d_k)) spelled out, only for plotting: (B, H, T, S)."""
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return scores.softmax(-1)
+
+# Key lengths up to which a CPU computes attention step by step rather than with PyTorch's
+# fused kernel: its flash-attention kernel is built for long sequences, and on sentences
+# (tens of tokens) the plain products and softmax run its forward and backward passes
+# several times faster (and its bfloat16 backward pass is slower still).
+CPU_SHORT_KEYS = 64
 
 
 def attend(q, k, v, mask, causal: bool, dropout: float):
-    """softmax(Q K^T / sqrt(d_k)) V, by PyTorch's fused kernel. On a CPU it runs in float32
-    even under bf16 autocast: there the flash-attention kernel's bfloat16 backward pass is
-    several times slower than its float32 one."""
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        with torch.autocast("cpu", enabled=False):
-            return attend(q.float(), k.float(), v.float(), mask, causal, dropout)
+    """softmax(Q K^T / sqrt(d_k)) V. On a CPU, short sequences take the products spelled
+    out (`attend_short`) and long ones the fused kernel in float32, even under bf16
+    autocast; elsewhere the fused kernel."""
+    if q.device.type == "cpu":
+        if k.shape[-2] <= CPU_SHORT_KEYS:
+            return attend_short(q, k, v, mask, causal, dropout)
+        if q.dtype == torch.bfloat16:
+            with torch.autocast("cpu", enabled=False):
+                return attend(q.float(), k.float(), v.float(), mask, causal, dropout)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                           dropout_p=dropout)
 
 
-class Dropout(nn.Module):
-    """nn.Dropout (zero each element with probability p, scale the rest by 1 / (1 - p)),
-    its mask drawn by comparing uniform numbers with p: on a CPU torch.rand is much faster
+def attend_short(q, k, v, mask, causal: bool, dropout: float):
+    """Attention step by step: the weights' dropout, then their average of the values."""
+    return drop(attention_weights(q, k, mask, causal), dropout).to(v.dtype) @ v
+
+
+def attention_weights(q, k, mask, causal: bool = False):
+    """softmax(Q K^T / sqrt(d_k)), (B, H, T, S), the softmax in float32 whatever the
+    products' dtype. `causal` as the fused kernel has it: query i sees keys 0..i."""
+    scores = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5
+    if causal:
+        t, s = scores.shape[-2:]
+        future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu_(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1)
+
+
+def drop(x, p: float):
+    """Dropout: zero each element with probability p, scale the rest by 1 / (1 - p). The
+    mask comes from comparing uniform numbers with p: on a CPU torch.rand is much faster
     than the bernoulli_ that nn.Dropout draws its mask with, and a Transformer draws a mask
     after every sublayer."""
+    if p == 0:
+        return x
+    keep = torch.rand(x.shape, device=x.device).ge_(p)
+    return x * keep.to(x.dtype).mul_(1 / (1 - p))
+
+
+class Dropout(nn.Module):
+    """nn.Dropout by `drop`."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
 
     def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        keep = torch.rand(x.shape, device=x.device).ge_(self.p)
-        return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
+        return drop(x, self.p) if self.training else x
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
