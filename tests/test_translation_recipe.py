@@ -199,9 +199,9 @@ def test_tiny_presets_are_the_published_model_on_a_45_minute_schedule(direction)
     overrides = "--precision 32 --epochs 120 --set batch_size=16384 --set schedule=inverse_sqrt " \
                 "--set warmup=2000"
     assert overrides in " ".join(line.lstrip("# ") for line in path.read_text().splitlines())
-    paper = resolve_config("transformer", f"transformer-multi30k-{direction}-tiny",
-                           ["precision=32", "epochs=120", "batch_size=16384",
-                            "schedule=inverse_sqrt", "warmup=2000"])
+    sets = [option.strip().replace(" ", "=", 1)  # "--epochs 120" -> "epochs=120"
+            for option in overrides.replace("--set ", "--").split("--")[1:]]
+    paper = resolve_config("transformer", f"transformer-multi30k-{direction}-tiny", sets)
     assert {k: paper[k] for k in recipe} == recipe
 
 

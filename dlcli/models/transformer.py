@@ -73,21 +73,18 @@ CPU_SHORT_KEYS = 64
 
 def attend(q, k, v, mask, causal: bool, dropout: float):
     """softmax(Q K^T / sqrt(d_k)) V. On a CPU, short sequences take the products spelled
-    out (`attend_short`) and long ones the fused kernel in float32, even under bf16
-    autocast; elsewhere the fused kernel."""
+    out, the weights' dropout, then their average of the values; long ones the fused kernel
+    in float32, even under bf16 autocast. Elsewhere the fused kernel."""
     if q.device.type == "cpu":
         if k.shape[-2] <= CPU_SHORT_KEYS:
-            return attend_short(q, k, v, mask, causal, dropout)
+            return drop(attention_weights(q, k, mask, causal), dropout).to(v.dtype) @ v
         if q.dtype == torch.bfloat16:
             with torch.autocast("cpu", enabled=False):
-                return attend(q.float(), k.float(), v.float(), mask, causal, dropout)
+                return F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                      attn_mask=mask, is_causal=causal,
+                                                      dropout_p=dropout)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                           dropout_p=dropout)
-
-
-def attend_short(q, k, v, mask, causal: bool, dropout: float):
-    """Attention step by step: the weights' dropout, then their average of the values."""
-    return drop(attention_weights(q, k, mask, causal), dropout).to(v.dtype) @ v
 
 
 def attention_weights(q, k, mask, causal: bool = False):
