@@ -99,13 +99,19 @@ class Checkpointer:
     def _write_last(self, epoch_done: int, batch: int, step: int) -> None:
         task = self.task
         state = {"task": task.training_state(), "rng": rng_state(), "batch": batch, "best": self.best}
-        # the data folder too, so that --resume finds the same data without --data-dir
-        where = {"data_dir": str(Path(task.data_dir).absolute())} if task.data_dir else {}
-        origin = {"provenance": json.dumps(self.provenance)} if self.provenance else {}
         save_checkpoint(self.last, model=task.spec.name, config=task.config, modules=task.modules,
                         epoch=epoch_done, step=step, metrics=self.metrics, state=state,
-                        extra={**task.checkpoint_extra(), **where, **origin})
+                        extra=self._extra())
         self._wrote(self.last, "last")
+
+    def _extra(self) -> dict:
+        """What every checkpoint of the run records beside its weights: the task's own
+        metadata, the data folder (so that --resume, evaluate and an average of snapshots
+        find the same data without --data-dir) and where the run came from."""
+        task = self.task
+        where = {"data_dir": str(Path(task.data_dir).absolute())} if task.data_dir else {}
+        origin = {"provenance": json.dumps(self.provenance)} if self.provenance else {}
+        return {**task.checkpoint_extra(), **where, **origin}
 
     def end_of_epoch(self, epoch: int, step: int, metrics: dict, final: bool = False) -> None:
         """After epoch `epoch` (1-based) has been validated: last, best if it improved,
@@ -142,7 +148,7 @@ class Checkpointer:
         task = self.task
         path = self.dir / f"{name}.safetensors"
         save_checkpoint(path, model=task.spec.name, config=task.config, modules=task.modules,
-                        epoch=epoch, step=step, extra=task.checkpoint_extra())
+                        epoch=epoch, step=step, extra=self._extra())
         self._wrote(path, "epoch" if name.startswith("epoch") else "update")
         for old in self.kept()[:-self.keep]:
             old.unlink()

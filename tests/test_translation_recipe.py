@@ -223,7 +223,7 @@ def test_average_every_keeps_and_averages_the_last_updates(tmp_path, capsys):
         "average_every=2", "lowercase=true", "moses=true", "bpe_merges=40", "val_size=4",
         "schedule=inverse_sqrt", "warmup=4", "lr=0.01", "checkpoint_every=0"])
     spec = get_spec("transformer")
-    train(spec, config, device="cpu", run_dir=tmp_path / "run")
+    train(spec, config, device="cpu", run_dir=tmp_path / "run", data_dir=tmp_path)
     run = tmp_path / "run"
     steps = load_checkpoint(run / "last.safetensors", tensors=False).step
     kept = sorted(p.name for p in run.glob("update-*.safetensors"))
@@ -232,6 +232,7 @@ def test_average_every_keeps_and_averages_the_last_updates(tmp_path, capsys):
     assert not list(run.glob("epoch-*.safetensors"))
     averaged = load_checkpoint(run / "averaged.safetensors")
     assert [p.rsplit("/", 1)[-1] for p in json.loads(averaged.meta["averaged_from"])] == wanted
+    assert averaged.data_dir() == str(tmp_path.absolute())  # evaluate finds the run's data
     # the checkpoint's config carries the text form: input is lowercased and tokenized
     # before the BPE (every token it knows is lowercase), output detokenized
     task = spec.load_task().from_checkpoint(spec, averaged, torch.device("cpu"))
