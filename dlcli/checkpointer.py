@@ -174,7 +174,7 @@ class Checkpointer:
         self._wrote(target, "averaged")
 
     def checkpoint(self) -> Path | None:
-        """What the run hands on: best.safetensors, else last.safetensors (None: neither)."""
+        """What the run hands on (see runs.run_checkpoint)."""
         from dlcli.runs import run_checkpoint
 
         return None if self.dir is None else run_checkpoint(self.dir)

@@ -109,7 +109,13 @@ SHORT_RUN_STEPS = 100  # a run with fewer optimizer steps has hardly learned any
 
 
 def run_checkpoint(run: Path) -> Path | None:
-    """What a run hands on: best.safetensors, else last.safetensors (None: neither)."""
+    """What a run hands on: averaged.safetensors when the config asked for an average of the
+    last snapshots (`average_last`) and nothing was trained after it was made, else
+    best.safetensors, else last.safetensors (None: none of them)."""
+    averaged, last = run / "averaged.safetensors", run / "last.safetensors"
+    if averaged.is_file() and (not last.is_file()
+                               or averaged.stat().st_mtime >= last.stat().st_mtime):
+        return averaged
     return next((run / name for name in ("best.safetensors", "last.safetensors")
                  if (run / name).is_file()), None)
 
@@ -135,7 +141,7 @@ def _finished(run: Path) -> bool:
 
 
 def newest_checkpoint(model: str, root: Path = RUNS_ROOT) -> Path | None:
-    """best.safetensors (else last) of the most recently written finished run of `model`;
+    """The checkpoint (see run_checkpoint) of the most recently written finished run of `model`;
     of the most recent run when none finished (interrupted, or still training)."""
     found = []
     for run in (root / model).glob("*/"):
@@ -166,7 +172,8 @@ def announce_pick(ckpt: Path, role: str = "", option: str = "--checkpoint") -> N
 
 
 def checkpoint_file(path) -> Path:
-    """A checkpoint given by its file or by its run folder (best, else last; said on stderr)."""
+    """A checkpoint given by its file or by its run folder (see run_checkpoint; said on
+    stderr)."""
     path = Path(path)
     if not path.is_dir():
         return path

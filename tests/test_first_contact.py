@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -106,6 +107,22 @@ def test_the_newest_finished_run_is_preferred_and_an_interrupted_one_warned(caps
         Path("runs/cvae/old", name).unlink()
     assert resolve_checkpoint("cvae") == Path("runs/cvae/new/last.safetensors")
     assert "stopped at epoch 0 of 5 (interrupted, or still training)" in capsys.readouterr().err
+
+
+def test_a_run_hands_on_its_average_unless_it_trained_on_afterwards(capsys):
+    """average_last asks for the mean of the last snapshots: that is the run's model, as
+    fairseq's recipe evaluates it, unless training went on (--resume) after it was made."""
+    from dlcli.runs import resolve_checkpoint
+
+    run = Path("runs/cvae/run")
+    fake_run(run, epoch=5, epochs=5, step=500, best=True)
+    time.sleep(0.01)
+    shutil.copyfile(run / "last.safetensors", run / "averaged.safetensors")
+    assert resolve_checkpoint("cvae") == run / "averaged.safetensors"
+    assert resolve_checkpoint("cvae", run) == run / "averaged.safetensors"
+    time.sleep(0.01)
+    shutil.copyfile(run / "best.safetensors", run / "last.safetensors")  # trained on
+    assert resolve_checkpoint("cvae") == run / "best.safetensors"
 
 
 # ---- 8. a YAML alias bomb --------------------------------------------------------------
