@@ -1,7 +1,7 @@
 """--logger mlflow: the run as an MLflow run, in the local store ./mlruns unless
 MLFLOW_TRACKING_URI names another (a server, a database): the config as parameters, every
-metrics.jsonl value as a metric at its optimizer step, the sample pictures and the best
-checkpoint as artifacts. One experiment per model, dlcli/MODEL; one MLflow run per process
+metrics.jsonl value as a metric at its optimizer step, the sample pictures and the
+checkpoint the run hands on (best, or the average of the last snapshots) as artifacts. One experiment per model, dlcli/MODEL; one MLflow run per process
 (a resumed run is a new one, tagged with the same run folder)."""
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ class MLflow(Reporter):
                               artifact_file=f"samples/{tag}-{epoch:03d}.png")
 
     def end(self, end: End) -> None:
-        best = self.run.dir / "best.safetensors"
-        if best.is_file():
-            self.client.log_artifact(self.id, str(best), "checkpoints")
+        if end.checkpoint is not None and Path(end.checkpoint).is_file():
+            self.client.log_artifact(self.id, str(end.checkpoint), "checkpoints")
         self.client.set_terminated(self.id, STATUS.get(end.state, "FAILED"))
