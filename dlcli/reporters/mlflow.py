@@ -1,8 +1,9 @@
 """--logger mlflow: the run as an MLflow run, in the local store ./mlruns unless
 MLFLOW_TRACKING_URI names another (a server, a database): the config as parameters, every
 metrics.jsonl value as a metric at its optimizer step, the sample pictures and the
-checkpoint the run hands on (best, or the average of the last snapshots) as artifacts. One experiment per model, dlcli/MODEL; one MLflow run per process
-(a resumed run is a new one, tagged with the same run folder)."""
+checkpoint the run hands on (best, or the average of the last snapshots) as artifacts.
+One experiment per model, dlcli/MODEL; one MLflow run per process (a resumed run is a new
+one, tagged with the same run folder)."""
 
 from __future__ import annotations
 
