@@ -132,7 +132,7 @@ class LineDecoder:
 def run_translate(spec, texts, *, checkpoint=None, beam: int = 4, max_len=None, n_best: int = 1,
                   attention=None, device: str = "auto", engine: str = "torch", out=print) -> None:
     from dlcli.checkpoint import load_checkpoint
-    from dlcli.runs import resolve_checkpoint
+    from dlcli.runs import resolve_checkpoint, run_checkpoint
     from dlcli.runtime import pick_device
 
     if attention is not None and (not texts or len(texts) != 1):
@@ -143,8 +143,8 @@ def run_translate(spec, texts, *, checkpoint=None, beam: int = 4, max_len=None, 
         from dlcli.ct2 import load_translator
 
         # an exported CTranslate2 folder is taken as it is, not as a run folder
-        exported = checkpoint is not None and Path(checkpoint).is_dir() and not any(
-            (Path(checkpoint) / name).is_file() for name in ("best.safetensors", "last.safetensors"))
+        exported = checkpoint is not None and Path(checkpoint).is_dir() \
+            and run_checkpoint(Path(checkpoint)) is None
         translator = load_translator(Path(checkpoint) if exported
                                      else resolve_checkpoint(spec.name, checkpoint), device)
     else:
