@@ -196,6 +196,9 @@ def test_tiny_presets_are_the_published_model_on_a_45_minute_schedule(direction)
               "moses": True, "bpe_merges": 10000}
     assert {k: c[k] for k in recipe} == recipe
     assert c["dropout"] < 0.3  # fewer epochs than the recipe's need less regularisation
+    # fairseq's --lenpen 1 divides by L; ((5 + L) / 6)^alpha grows about as fast at
+    # Multi30k's lengths: d log penalty / d log L = alpha * L / (5 + L), near 1
+    assert all(0.95 < c["length_penalty"] * n / (5 + n) < 1.1 for n in (15, 16, 17))
     # the overrides its comments give bring back the recipe's own schedule and dropout
     overrides = "--precision 32 --epochs 120 --set batch_size=16384 --set schedule=inverse_sqrt " \
                 "--set warmup=2000 --set dropout=0.3"
