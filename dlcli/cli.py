@@ -486,7 +486,11 @@ def translate(
     text: List[str] = typer.Argument(None, help="Sentences to translate; none: read stdin."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
                                               help="Default: newest run under ./runs."),
-    beam: int = typer.Option(4, "--beam", "-k", help="Beam width; 1 = greedy."),
+    beam: Optional[int] = typer.Option(None, "--beam", "-k", help="Beam width; 1 = greedy. "
+                                       "Default: the checkpoint's `beam`."),
+    length_penalty: Optional[float] = typer.Option(
+        None, "--length-penalty", help="alpha of the beam's ((5 + length) / 6)^alpha. "
+        "Default: the checkpoint's `length_penalty`."),
     max_len: Optional[int] = typer.Option(None, "--max-len", help="Longest output in tokens."),
     n_best: int = typer.Option(1, "--n-best", help="Print N hypotheses per input (TSV)."),
     attention: Optional[Path] = typer.Option(None, "--attention", help="Cross-attention heatmap PNG."),
@@ -497,10 +501,10 @@ def translate(
 ):
     """Translate sentences with a trained Transformer: one output line per input line."""
     spec = get_spec("transformer")
-    if beam < 1 or n_best < 1 or (max_len is not None and max_len < 1):
+    if (beam is not None and beam < 1) or n_best < 1 or (max_len is not None and max_len < 1):
         raise DlcliError("--beam, --n-best and --max-len must be positive")
-    if n_best > beam:
-        raise DlcliError(f"--n-best {n_best} needs --beam of at least {n_best}")
+    if length_penalty is not None and not 0 <= length_penalty < float("inf"):
+        raise DlcliError(f"--length-penalty must be a number from 0 up, not {length_penalty}")
     if engine not in ("torch", "ctranslate2"):
         raise DlcliError(f"unknown --engine {engine!r}; choose one of: torch, ctranslate2")
     if attention is not None:
@@ -513,8 +517,9 @@ def translate(
     except ImportError:
         raise DlcliError("translate is not available yet: the transformer is not built in "
                          "this version") from None
-    run_translate(spec, text or None, checkpoint=checkpoint, beam=beam, max_len=max_len,
-                  n_best=n_best, attention=attention, device=device, engine=engine, out=out)
+    run_translate(spec, text or None, checkpoint=checkpoint, beam=beam,
+                  length_penalty=length_penalty, max_len=max_len, n_best=n_best,
+                  attention=attention, device=device, engine=engine, out=out)
 
 
 @app.command(epilog=examples("dlcli average runs/transformer/*/epoch-*.safetensors -o averaged.safetensors"))

@@ -110,7 +110,8 @@ def save_spec(task, ckpt, folder: Path, quantization: str | None) -> None:
     (folder / TOKENIZER_FILE).write_text(task.tokenizer.to_str(), encoding="utf-8")
     info = {"dlcli_version": __version__, "model": ckpt.model, "source_checkpoint": str(ckpt.path),
             "max_positions": task.model.max_positions,
-            "length_penalty": task.config["length_penalty"], "quantization": quantization,
+            "length_penalty": task.config["length_penalty"], "beam": task.config["beam"],
+            "quantization": quantization,
             "source_lang": task.config.get("source_lang"),
             "target_lang": task.config.get("target_lang"), "dataset": task.config.get("dataset"),
             # how text is prepared around the BPE (data/text.py TextForm)
@@ -173,8 +174,8 @@ class CT2Translator(Translator):
     CTranslate2 doing the search."""
 
     def __init__(self, engine, tokenizer, max_positions: int, alpha: float, keep=None,
-                 form: text.TextForm | None = None):
-        self.engine, self.tokenizer, self.alpha = engine, tokenizer, alpha
+                 form: text.TextForm | None = None, beam: int = 4):
+        self.engine, self.tokenizer, self.alpha, self.beam = engine, tokenizer, alpha, beam
         self.form = form or text.TextForm()
         self.max_positions = max_positions
         self.warned_unknown = self.warned_long = False
@@ -223,4 +224,4 @@ def load_translator(path: Path, device: str = "auto") -> CT2Translator:
                                     intra_threads=torch.get_num_threads())
     tokenizer = text.tokenizer_from_json((path / TOKENIZER_FILE).read_text(encoding="utf-8"))
     return CT2Translator(engine, tokenizer, info["max_positions"], info["length_penalty"], keep,
-                         text.TextForm.of(info))
+                         text.TextForm.of(info), info.get("beam", 4))  # older exports do not say

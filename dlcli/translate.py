@@ -129,8 +129,10 @@ class LineDecoder:
 # ---- the command ----------------------------------------------------------------------
 
 @torch.no_grad()
-def run_translate(spec, texts, *, checkpoint=None, beam: int = 4, max_len=None, n_best: int = 1,
+def run_translate(spec, texts, *, checkpoint=None, beam: int | None = None,
+                  length_penalty: float | None = None, max_len=None, n_best: int = 1,
                   attention=None, device: str = "auto", engine: str = "torch", out=print) -> None:
+    """beam and length_penalty: None takes the checkpoint's (or the export's)."""
     from dlcli.checkpoint import load_checkpoint
     from dlcli.runs import resolve_checkpoint, run_checkpoint
     from dlcli.runtime import pick_device
@@ -151,6 +153,12 @@ def run_translate(spec, texts, *, checkpoint=None, beam: int = 4, max_len=None, 
         ckpt = load_checkpoint(resolve_checkpoint(spec.name, checkpoint), expect_model=spec.name)
         task = spec.load_task().from_checkpoint(spec, ckpt, pick_device(device))
         translator = task.translator()
+    if length_penalty is not None:
+        translator.alpha = length_penalty
+    if n_best > (beam or translator.beam):
+        raise DlcliError(f"--n-best {n_best} needs --beam of at least {n_best}" + (
+            "" if beam else f" (the checkpoint's is {translator.beam})"))
+    beam = beam or translator.beam
 
     if texts:
         batches = [[" ".join(t.splitlines()) for t in texts]]

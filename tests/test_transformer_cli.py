@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli
 
+from dlcli.errors import DlcliError
+
 # Tiny models gain nothing from a second thread, and on a crowded 2-core machine thread
 # barriers make them many times slower: one thread each, in and out of process.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -96,6 +98,24 @@ def test_n_best_prints_index_score_text(tiny):
     assert [r[0] for r in rows] == ["0", "0", "1", "1"]
     assert all(len(r) == 3 and float(r[1]) <= 0 for r in rows)
     assert float(rows[0][1]) >= float(rows[1][1])
+
+
+def test_beam_and_length_penalty_default_to_the_checkpoints(tiny):
+    folder, ckpt = tiny  # trained with beam 1 (TINY)
+    with pytest.raises(DlcliError, match="needs --beam of at least 2 .the checkpoint's is 1"):
+        translate_here("12", checkpoint=folder / ckpt, beam=None, n_best=2)
+
+    def scores(alpha):  # text -> score of the n-best lists of a few inputs
+        lines = translate_here("12", "3,001", "45", checkpoint=folder / ckpt, beam=3, n_best=3,
+                               length_penalty=alpha)
+        return {(r[0], r[2]): float(r[1]) for r in (line.split("\t") for line in lines)}
+
+    raw, scaled = scores(0.0), scores(2.0)
+    shared = [k for k in raw if k in scaled and k[1]]
+    assert shared
+    for key in shared:  # a log-probability divided by ((5 + tokens + EOS) / 6)^2
+        tokens = 6 * (raw[key] / scaled[key]) ** 0.5 - 5  # EOS counted
+        assert tokens >= 1.9 and abs(tokens - round(tokens)) < 0.05, (key, tokens)
 
 
 def test_translate_streams_line_by_line(tiny):

@@ -127,8 +127,9 @@ def beam_search(model, src, beam: int, max_len: int, alpha: float, n_best: int =
 class Translator:
     form = text.TextForm()  # lowercasing and Moses tokenization around the BPE: none
 
-    def __init__(self, model, tokenizer, alpha: float = 0.6, form: text.TextForm | None = None):
-        self.model, self.tokenizer, self.alpha = model, tokenizer, alpha
+    def __init__(self, model, tokenizer, alpha: float = 0.6, form: text.TextForm | None = None,
+                 beam: int = 4):
+        self.model, self.tokenizer, self.alpha, self.beam = model, tokenizer, alpha, beam
         self.form = form or text.TextForm()
         self.max_positions = model.max_positions
         self.warned_unknown = self.warned_long = False

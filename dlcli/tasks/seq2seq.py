@@ -136,7 +136,8 @@ class Seq2SeqTask(Task):
     def translator(self):
         from dlcli.models.decoding import Translator
 
-        return Translator(self.model, self.tokenizer, self.config["length_penalty"], self.form)
+        return Translator(self.model, self.tokenizer, self.config["length_penalty"], self.form,
+                          self.config["beam"])
 
     # ---- data ----------------------------------------------------------------------
     def setup_data(self) -> None:
