@@ -155,10 +155,10 @@ def run_translate(spec, texts, *, checkpoint=None, beam: int | None = None,
         translator = task.translator()
     if length_penalty is not None:
         translator.alpha = length_penalty
-    if n_best > (beam or translator.beam):
-        raise DlcliError(f"--n-best {n_best} needs --beam of at least {n_best}" + (
-            "" if beam else f" (the checkpoint's is {translator.beam})"))
-    beam = beam or translator.beam
+    chosen, beam = beam, beam or translator.beam
+    if n_best > beam:
+        raise DlcliError(f"--n-best {n_best} needs --beam of at least {n_best}"
+                         + ("" if chosen else f" (the checkpoint's is {beam})"))
 
     if texts:
         batches = [[" ".join(t.splitlines()) for t in texts]]
