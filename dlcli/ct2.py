@@ -175,10 +175,8 @@ class CT2Translator(Translator):
 
     def __init__(self, engine, tokenizer, max_positions: int, alpha: float, keep=None,
                  form: text.TextForm | None = None, beam: int = 4):
-        self.engine, self.tokenizer, self.alpha, self.beam = engine, tokenizer, alpha, beam
-        self.form = form or text.TextForm()
-        self.max_positions = max_positions
-        self.warned_unknown = self.warned_long = False
+        super().__init__(None, tokenizer, alpha, form, beam, max_positions)
+        self.engine = engine
         self.vocabulary = vocabulary_of(tokenizer)
         self.keep = keep  # a temporary folder the engine reads from, removed with us
 

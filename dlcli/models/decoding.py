@@ -128,10 +128,10 @@ class Translator:
     form = text.TextForm()  # lowercasing and Moses tokenization around the BPE: none
 
     def __init__(self, model, tokenizer, alpha: float = 0.6, form: text.TextForm | None = None,
-                 beam: int = 4):
+                 beam: int = 4, max_positions: int | None = None):
         self.model, self.tokenizer, self.alpha, self.beam = model, tokenizer, alpha, beam
         self.form = form or text.TextForm()
-        self.max_positions = model.max_positions
+        self.max_positions = max_positions or model.max_positions
         self.warned_unknown = self.warned_long = False
 
     @property
