@@ -113,7 +113,6 @@ def test_attention_and_sample_outputs_never_replace_other_files(capsys, tmp_path
     assert ckpt.read_bytes() == b"precious weights" and notes.read_bytes() == b"not a picture"
 
 
-
 def test_a_length_penalty_that_is_no_penalty_is_refused(capsys):
     for alpha in ("-1", "nan", "inf"):
         one_line_error(dlcli(capsys, "translate", "hallo", "--length-penalty", alpha),
