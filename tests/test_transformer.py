@@ -13,7 +13,9 @@ from dlcli.models.transformer import (
     Dropout,
     Transformer,
     attend,
+    drop,
     sinusoidal_positions,
+    softmax_over_keys,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,6 +53,32 @@ def test_dropout_zeroes_p_and_keeps_the_mean(dtype):
     assert torch.equal(x.grad == 0, y == 0)
     assert torch.allclose(x.grad[y != 0].float(), torch.full_like(kept, 1 / 0.7), rtol=1e-2)
     assert layer.eval()(x) is x
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_masks_are_unbiased_in_every_lane(p):
+    """Each 64-bit random word masks four elements; every one of the four is dropped with
+    probability p (a word's sign bit is always 0, so a lane that used it would drop less)."""
+    torch.manual_seed(0)
+    dropped = drop(torch.ones(250_000, 4), p) == 0
+    assert dropped.float().mean(0).tolist() == pytest.approx([p] * 4, abs=0.005)
+
+
+@pytest.mark.parametrize("keys", [1, 5, 15, 16, 17, 40])  # padded to 16 on a CPU below 16
+def test_softmax_over_keys_is_softmax(keys):
+    torch.manual_seed(0)
+    scores = torch.randn(3, 2, 6, keys).masked_fill(torch.rand(3, 2, 6, keys) < 0.3, -math.inf)
+    scores[..., 0] = 1.0  # every row keeps a key
+    scores.requires_grad_()
+    expected = scores.detach().softmax(-1)
+    weights = softmax_over_keys(scores)
+    assert weights.shape == expected.shape
+    assert torch.allclose(weights, expected, atol=1e-6)
+    upstream = torch.randn_like(expected)
+    (weights * upstream).sum().backward()
+    leaf = scores.detach().requires_grad_()
+    (leaf.softmax(-1) * upstream).sum().backward()
+    assert torch.allclose(scores.grad, leaf.grad, atol=1e-6)
 
 
 @pytest.mark.parametrize("keys", [7, CPU_SHORT_KEYS + 9])  # spelled out; fused kernel

@@ -97,17 +97,41 @@ def attention_weights(q, k, mask, causal: bool = False):
         scores = scores.masked_fill(future, float("-inf"))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(-1)
+    return softmax_over_keys(scores)
+
+
+# PyTorch's CPU softmax vectorizes along the softmax dimension and runs scalar code on rows
+# shorter than one vector (16 floats with AVX-512): over ten times slower per element, and
+# a sentence often has fewer tokens than that.
+CPU_SOFTMAX_WIDTH = 16
+
+
+def softmax_over_keys(scores):
+    """softmax over the last dimension; on a CPU, rows shorter than CPU_SOFTMAX_WIDTH are
+    padded with -inf (weight 0) to that width first, and the padding sliced off after."""
+    keys = scores.shape[-1]
+    if scores.device.type != "cpu" or keys >= CPU_SOFTMAX_WIDTH:
+        return scores.softmax(-1)
+    padded = F.pad(scores, (0, CPU_SOFTMAX_WIDTH - keys), value=float("-inf"))
+    return padded.softmax(-1)[..., :keys]
 
 
 def drop(x, p: float):
-    """Dropout: zero each element with probability p, scale the rest by 1 / (1 - p). The
-    mask comes from comparing uniform numbers with p: on a CPU torch.rand is much faster
-    than the bernoulli_ that nn.Dropout draws its mask with, and a Transformer draws a mask
-    after every sublayer."""
+    """Dropout: zero each element with probability p, scale the rest by 1 / (1 - p).
+
+    A Transformer draws a mask after every sublayer, and on a CPU drawing it costs more
+    than applying it: nn.Dropout's bernoulli_ draws a random number per element, and so
+    does torch.rand. Here each 64-bit random word gives four 15-bit uniform numbers
+    (random_ leaves a word's sign bit 0, so each 16-bit quarter keeps its low 15 bits), and
+    an element is kept when its number is at least p * 2^15. Other devices have a fused
+    dropout kernel."""
     if p == 0:
         return x
-    keep = torch.rand(x.shape, device=x.device).ge_(p)
+    if x.device.type != "cpu":
+        return F.dropout(x, p)
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
+    uniform = words.view(torch.int16)[:x.numel()].view(x.shape).bitwise_and_(0x7FFF)
+    keep = uniform.ge_(round(p * 2 ** 15))
     return x * keep.to(x.dtype).mul_(1 / (1 - p))
 
 
@@ -225,25 +249,32 @@ class ProjectedCrossEntropy(torch.autograd.Function):
     def forward(ctx, states, weight, target, label_smoothing: float, dtype, rows: int = 256):
         with torch.autocast(states.device.type, enabled=False):
             n, types, eps = states.shape[0], weight.shape[0], label_smoothing
-            w = weight.to(dtype)
+            w, hs = weight.to(dtype), states.to(dtype)
             loss = states.new_zeros((), dtype=torch.float32)
             grad_states = torch.empty(states.shape, dtype=torch.float32, device=states.device)
             grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            # One block's logits (then its gradient) in `dtype` and in float32, written in
+            # place block after block: a fresh tensor of this size is fresh memory for the
+            # allocator, and faulting its pages in costs as much as the arithmetic.
+            block = torch.empty(min(rows, n), types, dtype=dtype, device=states.device)
+            block32 = block if dtype == torch.float32 else torch.empty(
+                block.shape, dtype=torch.float32, device=states.device)
             for start in range(0, n, rows):
-                h, y = states[start:start + rows].to(dtype), target[start:start + rows]
-                z = (h @ w.t()).float()
-                top = z.amax(1, keepdim=True)
-                grad = (z - top).exp_()  # one exp for both the normaliser and the softmax
+                h, y = hs[start:start + rows], target[start:start + rows]
+                z, grad = block[:len(y)], block32[:len(y)]
+                torch.mm(h, w.t(), out=z)
+                grad.copy_(z)  # the logits in float32 (copy_ onto itself does nothing)
+                top = grad.amax(1, keepdim=True)
+                z_target, z_mean = grad.gather(1, y[:, None])[:, 0], grad.mean(1)
+                grad.sub_(top).exp_()  # one exp for both the normaliser and the softmax
                 total = grad.sum(1, keepdim=True)
                 log_norm = (top + total.log())[:, 0]
-                log_p_target = z.gather(1, y[:, None])[:, 0] - log_norm
-                mean_log_p = z.mean(1) - log_norm
-                loss -= ((1 - eps) * log_p_target + eps * mean_log_p).sum()
+                loss -= ((1 - eps) * (z_target - log_norm) + eps * (z_mean - log_norm)).sum()
                 grad.div_(total).sub_(eps / types)
                 grad.scatter_add_(1, y[:, None], grad.new_full((len(y), 1), eps - 1))
-                grad = grad.to(dtype)
-                grad_states[start:start + rows] = grad @ w
-                grad_weight += grad.t() @ h
+                z.copy_(grad)  # the gradient, in `dtype`
+                grad_states[start:start + rows] = z @ w
+                grad_weight += z.t() @ h
         ctx.save_for_backward(grad_states.div_(n).to(states.dtype),
                               grad_weight.div_(n).to(weight.dtype))
         return loss / n
