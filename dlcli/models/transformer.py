@@ -255,7 +255,7 @@ class ProjectedCrossEntropy(torch.autograd.Function):
             grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             # One block's logits (then its gradient) in `dtype` and in float32, written in
             # place block after block: a fresh tensor of this size is fresh memory for the
-            # allocator, and faulting its pages in costs as much as the arithmetic.
+            # allocator, whose pages would be faulted in again for every block.
             block = torch.empty(min(rows, n), types, dtype=dtype, device=states.device)
             block32 = block if dtype == torch.float32 else torch.empty(
                 block.shape, dtype=torch.float32, device=states.device)
