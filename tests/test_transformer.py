@@ -64,6 +64,18 @@ def test_dropout_masks_are_unbiased_in_every_lane(p):
     assert dropped.float().mean(0).tolist() == pytest.approx([p] * 4, abs=0.005)
 
 
+def test_dropout_masks_drop_neighbours_and_successive_calls_independently():
+    """Elements that share a random word (1 apart), lie in the next word (4) or the next
+    row (128), and the same element in the next call, are each dropped together with
+    probability p^2, as independent draws are."""
+    torch.manual_seed(0)
+    p, x = 0.2, torch.ones(1_000_000)
+    first, second = (drop(x, p) == 0).float(), (drop(x, p) == 0).float()
+    pairs = {f"{gap} apart": (first[:-gap] * first[gap:]).mean().item() for gap in (1, 4, 128)}
+    pairs["next call"] = (first * second).mean().item()
+    assert pairs == pytest.approx(dict.fromkeys(pairs, p * p), abs=0.0015)
+
+
 @pytest.mark.parametrize("keys", [1, 5, 15, 16, 17, 40])  # padded to 16 on a CPU below 16
 def test_softmax_over_keys_is_softmax(keys):
     torch.manual_seed(0)
