@@ -13,20 +13,15 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from checkpoint_cost import median_seconds  # this folder is on sys.path when run as a script
 
 
 def median_ms(fn, rounds: int) -> float:
     """The median of `rounds` timings of fn(), after one call to warm up."""
     fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1000
+    return median_seconds(fn, rounds) * 1000
 
 
 def main() -> None:
