@@ -23,7 +23,7 @@ from dlcli import __version__
 from dlcli.data import text
 from dlcli.errors import DlcliError
 from dlcli.export import TOLERANCE, ExportMismatch, folder_in_place
-from dlcli.models.decoding import Hypothesis, Translator
+from dlcli.models.decoding import DEFAULT_BEAM, Hypothesis, Translator
 
 QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "bfloat16", "float32")
 INFO_FILE, TOKENIZER_FILE = "dlcli.json", "tokenizer.json"
@@ -174,7 +174,7 @@ class CT2Translator(Translator):
     CTranslate2 doing the search."""
 
     def __init__(self, engine, tokenizer, max_positions: int, alpha: float, keep=None,
-                 form: text.TextForm | None = None, beam: int = 4):
+                 form: text.TextForm | None = None, beam: int = DEFAULT_BEAM):
         super().__init__(None, tokenizer, alpha, form, beam, max_positions)
         self.engine = engine
         self.vocabulary = vocabulary_of(tokenizer)
@@ -222,4 +222,4 @@ def load_translator(path: Path, device: str = "auto") -> CT2Translator:
                                     intra_threads=torch.get_num_threads())
     tokenizer = text.tokenizer_from_json((path / TOKENIZER_FILE).read_text(encoding="utf-8"))
     return CT2Translator(engine, tokenizer, info["max_positions"], info["length_penalty"], keep,
-                         text.TextForm.of(info), info.get("beam", 4))  # older exports do not say
+                         text.TextForm.of(info), info.get("beam", DEFAULT_BEAM))

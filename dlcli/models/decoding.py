@@ -17,6 +17,7 @@ from dlcli.data import text
 
 BATCH_TOKENS = 6000  # source tokens x beam per decoding batch
 MAX_BATCH = 200  # sentences per batch
+DEFAULT_BEAM = 4  # for checkpoints and exports that do not name their beam
 # A line is cut to this many characters per source position before it is tokenized: far
 # more than any real sentence that fits the model, and the tokenizer's memory grows with
 # the line (a 50 MB line took gigabytes) though only the first positions are used.
@@ -128,7 +129,7 @@ class Translator:
     form = text.TextForm()  # lowercasing and Moses tokenization around the BPE: none
 
     def __init__(self, model, tokenizer, alpha: float = 0.6, form: text.TextForm | None = None,
-                 beam: int = 4, max_positions: int | None = None):
+                 beam: int = DEFAULT_BEAM, max_positions: int | None = None):
         self.model, self.tokenizer, self.alpha, self.beam = model, tokenizer, alpha, beam
         self.form = form or text.TextForm()
         self.max_positions = max_positions or model.max_positions
